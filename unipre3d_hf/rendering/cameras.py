@@ -1,0 +1,270 @@
+"""Pinhole cameras, batched per sample and view, in OpenCV axes (x right, y down, z forward).
+
+A :class:`Cameras` holds, for ``B`` samples with ``V`` views each, the world-to-camera transform and the intrinsics
+``(fx, fy, cx, cy)`` in pixels. Focal lengths are kept per axis: ScanNet frames are 4:3, and deriving both axes from a
+single field of view (as the paper's code does) squashes the image vertically.
+
+Pixel convention (gsplat's): pixel ``(row i, column j)`` covers ``[j, j+1) x [i, i+1)`` and its centre is at
+``(j + 0.5, i + 0.5)``; a camera-space point ``(X, Y, Z)`` lands at ``u = fx X / Z + cx``, ``v = fy Y / Z + cy``.
+With ``cx = W / 2`` the optical axis hits the centre of the image, which is what the 3DGS rasterizer assumes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _check_matrix_batch(name: str, value: Tensor, trailing: tuple[int, ...]) -> None:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor of shape [B, V, {', '.join(map(str, trailing))}]")
+    if value.dim() != 2 + len(trailing) or tuple(value.shape[2:]) != trailing:
+        raise ValueError(
+            f"`{name}` must have shape [B, V, {', '.join(map(str, trailing))}], got {tuple(value.shape)}"
+        )
+    if not value.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {value.dtype}")
+    if not torch.isfinite(value).all():
+        raise ValueError(f"`{name}` contains NaN or Inf values")
+
+
+def _rigid_inverse(matrix: Tensor) -> Tensor:
+    """Inverse of rigid 4x4 transforms ``[..., 4, 4]`` (rotation + translation), computed as ``[R^T, -R^T t]``."""
+    rot = matrix[..., :3, :3]
+    trans = matrix[..., :3, 3:]
+    rot_t = rot.transpose(-1, -2)
+    top = torch.cat([rot_t, -rot_t @ trans], dim=-1)
+    bottom = torch.zeros_like(matrix[..., 3:, :])
+    bottom[..., 3] = 1
+    return torch.cat([top, bottom], dim=-2)
+
+
+def _as_intrinsics_vector(intrinsics: Tensor) -> Tensor:
+    """Accept ``[B, V, 4]`` (fx, fy, cx, cy) or ``[B, V, 3, 3]`` (K matrices); return ``[B, V, 4]``."""
+    if isinstance(intrinsics, Tensor) and intrinsics.dim() == 4 and tuple(intrinsics.shape[-2:]) == (3, 3):
+        return torch.stack(
+            [intrinsics[..., 0, 0], intrinsics[..., 1, 1], intrinsics[..., 0, 2], intrinsics[..., 1, 2]], dim=-1
+        )
+    return intrinsics
+
+
+@dataclass
+class Cameras:
+    """A batch of pinhole cameras, ``V`` views for each of ``B`` samples.
+
+    Args:
+        world_to_camera (`Tensor` of shape `[B, V, 4, 4]`): rigid transforms from world to camera coordinates, OpenCV
+            axes (x right, y down, z forward), column-vector convention (``x_cam = M @ x_world``).
+        intrinsics (`Tensor` of shape `[B, V, 4]`): ``(fx, fy, cx, cy)`` in pixels.
+        width (`int`): image width in pixels (shared by every view of the batch).
+        height (`int`): image height in pixels.
+        near (`float`, defaults to 0.01): Gaussians whose camera-space depth is below ``near`` are culled.
+        far (`float`, defaults to 1e10): Gaussians whose depth is above ``far`` are culled.
+
+    Use the constructors :meth:`from_camera_to_world`, :meth:`from_fov` and :meth:`from_3dgs` rather than
+    building one from raw fields when your data is in another convention.
+    """
+
+    world_to_camera: Tensor
+    intrinsics: Tensor
+    width: int
+    height: int
+    near: float = 0.01
+    far: float = 1e10
+
+    def __post_init__(self) -> None:
+        self.intrinsics = _as_intrinsics_vector(self.intrinsics)
+        _check_matrix_batch("world_to_camera", self.world_to_camera, (4, 4))
+        _check_matrix_batch("intrinsics", self.intrinsics, (4,))
+        if tuple(self.intrinsics.shape[:2]) != tuple(self.world_to_camera.shape[:2]):
+            raise ValueError(
+                f"`intrinsics` has batch shape {tuple(self.intrinsics.shape[:2])} but `world_to_camera` has "
+                f"{tuple(self.world_to_camera.shape[:2])}; both must be [B, V]"
+            )
+        if self.intrinsics.device != self.world_to_camera.device:
+            raise ValueError(
+                f"`intrinsics` is on {self.intrinsics.device} but `world_to_camera` is on {self.world_to_camera.device}"
+            )
+        if not (self.intrinsics[..., :2] > 0).all():
+            raise ValueError("`intrinsics` focal lengths (fx, fy) must be positive")
+        bottom = self.world_to_camera[..., 3, :]
+        expected_bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=bottom.dtype, device=bottom.device)
+        if not torch.allclose(bottom, expected_bottom.expand_as(bottom), atol=1e-5):
+            raise ValueError("`world_to_camera` must be affine: its last row must be [0, 0, 0, 1]")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        if not (0 < self.near < self.far):
+            raise ValueError(f"need 0 < near < far, got near={self.near}, far={self.far}")
+
+    # ------------------------------------------------------------------------------------------------ constructors
+    @classmethod
+    def from_camera_to_world(
+        cls, camera_to_world: Tensor, intrinsics: Tensor, width: int, height: int, near: float = 0.01, far: float = 1e10
+    ) -> Cameras:
+        """Build from camera-to-world poses ``[B, V, 4, 4]`` (OpenCV axes, e.g. ScanNet's ``pose/*.txt``).
+
+        ``intrinsics`` is ``[B, V, 4]`` (fx, fy, cx, cy) or ``[B, V, 3, 3]`` K matrices.
+        """
+        _check_matrix_batch("camera_to_world", camera_to_world, (4, 4))
+        return cls(_rigid_inverse(camera_to_world), intrinsics, width, height, near, far)
+
+    @classmethod
+    def from_fov(
+        cls,
+        camera_to_world: Tensor,
+        fov_x: float,
+        width: int,
+        height: int,
+        fov_y: float | None = None,
+        near: float = 0.01,
+        far: float = 1e10,
+    ) -> Cameras:
+        """Build from fields of view in **radians**, with the principal point at the image centre.
+
+        This is the paper's convention (``focal = (W / 2) / tan(fov_x / 2)``). Given only ``fov_x``, square pixels are
+        assumed: ``fy = fx``, which gives the correct vertical field of view for any aspect ratio. The paper's
+        ShapeNet views are ``from_fov(c2w, math.radians(49.13434264120263), 128, 128)``, i.e. fx = fy = 140 px.
+        """
+        _check_matrix_batch("camera_to_world", camera_to_world, (4, 4))
+        if not (0 < fov_x < math.pi) or (fov_y is not None and not (0 < fov_y < math.pi)):
+            raise ValueError(f"fields of view must be in (0, pi) radians, got fov_x={fov_x}, fov_y={fov_y}")
+        fx = 0.5 * width / math.tan(0.5 * fov_x)
+        fy = fx if fov_y is None else 0.5 * height / math.tan(0.5 * fov_y)
+        values = torch.tensor([fx, fy, 0.5 * width, 0.5 * height], dtype=camera_to_world.dtype)
+        intrinsics = values.to(camera_to_world.device).expand(*camera_to_world.shape[:2], 4).clone()
+        return cls.from_camera_to_world(camera_to_world, intrinsics, width, height, near, far)
+
+    @classmethod
+    def from_3dgs(
+        cls,
+        world_view_transform: Tensor,
+        tanfovx: float | Tensor,
+        tanfovy: float | Tensor,
+        width: int,
+        height: int,
+        near: float = 0.01,
+        far: float = 1e10,
+    ) -> Cameras:
+        """Build from the 3DGS / paper-code convention.
+
+        Args:
+            world_view_transform (`Tensor` of shape `[B, V, 4, 4]`): the **transposed** world-to-camera matrix
+                (row-vector convention, ``x_cam^T = x_world^T @ M``), as stored by 3DGS and the UniPre3D code.
+            tanfovx, tanfovy: ``tan(fov / 2)`` per axis (scalars or ``[B, V]`` tensors). The principal point is the
+                image centre, as 3DGS assumes.
+        """
+        _check_matrix_batch("world_view_transform", world_view_transform, (4, 4))
+        ref = world_view_transform
+        tx = torch.as_tensor(tanfovx, dtype=ref.dtype, device=ref.device).expand(ref.shape[:2])
+        ty = torch.as_tensor(tanfovy, dtype=ref.dtype, device=ref.device).expand(ref.shape[:2])
+        intrinsics = torch.stack(
+            [0.5 * width / tx, 0.5 * height / ty, torch.full_like(tx, 0.5 * width), torch.full_like(ty, 0.5 * height)],
+            dim=-1,
+        )
+        return cls(world_view_transform.transpose(-1, -2).contiguous(), intrinsics, width, height, near, far)
+
+    # ---------------------------------------------------------------------------------------------------- views
+    @property
+    def batch_size(self) -> int:
+        return self.world_to_camera.shape[0]
+
+    @property
+    def num_views(self) -> int:
+        return self.world_to_camera.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.world_to_camera.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.world_to_camera.dtype
+
+    @property
+    def camera_to_world(self) -> Tensor:
+        """``[B, V, 4, 4]`` camera-to-world transforms."""
+        return _rigid_inverse(self.world_to_camera)
+
+    @property
+    def camera_centers(self) -> Tensor:
+        """``[B, V, 3]`` camera positions in world coordinates."""
+        rot = self.world_to_camera[..., :3, :3]
+        trans = self.world_to_camera[..., :3, 3:]
+        return -(rot.transpose(-1, -2) @ trans).squeeze(-1)
+
+    @property
+    def K(self) -> Tensor:  # noqa: N802 (the usual name of the intrinsics matrix)
+        """``[B, V, 3, 3]`` intrinsics matrices."""
+        fx, fy, cx, cy = self.intrinsics.unbind(-1)
+        zero, one = torch.zeros_like(fx), torch.ones_like(fx)
+        rows = [torch.stack([fx, zero, cx], -1), torch.stack([zero, fy, cy], -1), torch.stack([zero, zero, one], -1)]
+        return torch.stack(rows, dim=-2)
+
+    @property
+    def tan_half_fov(self) -> Tensor:
+        """``[B, V, 2]`` ``(tan(fov_x / 2), tan(fov_y / 2)) = (W / 2fx, H / 2fy)``."""
+        return torch.stack([0.5 * self.width / self.intrinsics[..., 0], 0.5 * self.height / self.intrinsics[..., 1]], -1)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cameras:
+        return Cameras(
+            self.world_to_camera.to(device=device, dtype=dtype),
+            self.intrinsics.to(device=device, dtype=dtype),
+            self.width,
+            self.height,
+            self.near,
+            self.far,
+        )
+
+    def to_3dgs(self) -> dict[str, Tensor]:
+        """The matrices the 3DGS rasterizer takes, all in its transposed (row-vector) convention.
+
+        Returns a dict with ``world_view_transform`` ``[B, V, 4, 4]`` (= W2C^T), ``full_proj_transform``
+        ``[B, V, 4, 4]`` (= (P @ W2C)^T with the 3DGS projection ``P``, extended with the principal-point offset so
+        that off-centre intrinsics place means correctly), ``camera_center`` ``[B, V, 3]`` and ``tan_half_fov``
+        ``[B, V, 2]``.
+        """
+        fx, fy, cx, cy = self.intrinsics.unbind(-1)
+        n, f = self.near, self.far
+        proj = torch.zeros(*self.intrinsics.shape[:2], 4, 4, dtype=self.dtype, device=self.device)
+        # 3DGS getProjectionMatrix (Kerbl et al. 2023, utils/graphics_utils.py) with z_sign = +1, written with
+        # intrinsics: ndc_x = (2 fx / W) X / Z + (2 cx / W - 1); the rasterizer maps ndc to pixels as
+        # ((ndc + 1) W - 1) / 2, i.e. u = fx X / Z + cx - 0.5 in its integer-centred pixel grid.
+        proj[..., 0, 0] = 2 * fx / self.width
+        proj[..., 1, 1] = 2 * fy / self.height
+        proj[..., 0, 2] = 2 * cx / self.width - 1
+        proj[..., 1, 2] = 2 * cy / self.height - 1
+        proj[..., 2, 2] = f / (f - n)
+        proj[..., 2, 3] = -(f * n) / (f - n)
+        proj[..., 3, 2] = 1.0
+        world_view = self.world_to_camera.transpose(-1, -2)
+        full_proj = (proj @ self.world_to_camera).transpose(-1, -2)
+        return {
+            "world_view_transform": world_view.contiguous(),
+            "full_proj_transform": full_proj.contiguous(),
+            "camera_center": self.camera_centers,
+            "tan_half_fov": self.tan_half_fov,
+        }
+
+    def project(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Project world points ``[B, N, 3]`` into every view.
+
+        Returns:
+            pixels (`Tensor` of shape `[B, V, N, 2]`): continuous ``(u, v)`` pixel coordinates (column, row).
+            depths (`Tensor` of shape `[B, V, N]`): camera-space z; points with ``z <= 0`` are behind the camera and
+                their pixel coordinates are meaningless.
+        """
+        if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] != self.batch_size:
+            raise ValueError(f"`points` must have shape [B={self.batch_size}, N, 3], got {tuple(points.shape)}")
+        rot = self.world_to_camera[..., :3, :3]
+        trans = self.world_to_camera[..., :3, 3]
+        cam = torch.einsum("bvij,bnj->bvni", rot, points.to(self.dtype)) + trans[:, :, None, :]
+        z = cam[..., 2]
+        safe_z = torch.where(z.abs() > 1e-12, z, torch.full_like(z, 1e-12))
+        fx, fy, cx, cy = (t[:, :, None] for t in self.intrinsics.unbind(-1))
+        uv = torch.stack([fx * cam[..., 0] / safe_z + cx, fy * cam[..., 1] / safe_z + cy], dim=-1)
+        return uv, z

@@ -1,0 +1,53 @@
+"""Test decorators in the style of ``transformers.testing_utils``: skip a test when what it needs is missing."""
+
+from __future__ import annotations
+
+import unittest
+
+from .utils import import_utils
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def require_cuda(test_case):
+    """Skip unless a CUDA device is visible."""
+    return unittest.skipUnless(_cuda_available(), "test needs a CUDA device")(test_case)
+
+
+def require_gsplat(test_case):
+    """Skip unless gsplat is installed and a CUDA device is visible (gsplat has no CPU kernels)."""
+    ok = import_utils.is_gsplat_available() and _cuda_available()
+    return unittest.skipUnless(ok, "test needs gsplat and a CUDA device")(test_case)
+
+
+def require_spconv(test_case):
+    return unittest.skipUnless(import_utils.is_spconv_available(), "test needs spconv")(test_case)
+
+
+def require_mamba_ssm(test_case):
+    ok = import_utils.is_mamba_ssm_available() and _cuda_available()
+    return unittest.skipUnless(ok, "test needs mamba-ssm and a CUDA device")(test_case)
+
+
+def require_flash_attn(test_case):
+    ok = import_utils.is_flash_attn_available() and _cuda_available()
+    return unittest.skipUnless(ok, "test needs flash-attn and a CUDA device")(test_case)
+
+
+def require_diff_gaussian_rasterization(test_case):
+    ok = import_utils.is_diff_gaussian_rasterization_available() and _cuda_available()
+    return unittest.skipUnless(ok, "test needs diff-gaussian-rasterization and a CUDA device")(test_case)
+
+
+def require_diffusers(test_case):
+    return unittest.skipUnless(import_utils.is_diffusers_available(), "test needs diffusers")(test_case)
+
+
+def require_lpips(test_case):
+    return unittest.skipUnless(import_utils.is_lpips_available(), "test needs lpips")(test_case)
