@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from unipre3d_hf.rendering import Cameras
-
-from .helpers import look_at, orbit_cameras
+from unipre3d_hf.rendering.cameras import look_at
+from unipre3d_hf.rendering.synthetic import orbit_cameras
 
 
 def test_from_fov_matches_paper_intrinsics():
@@ -65,7 +65,9 @@ def test_3dgs_projection_with_off_centre_principal_point():
     points = torch.randn(1, 10, 3, dtype=torch.float64) * 0.2
     uv, _ = cams.project(points)
     clip = torch.einsum(
-        "bni,bvij->bvnj", torch.cat([points, torch.ones_like(points[..., :1])], -1), cams.to_3dgs()["full_proj_transform"]
+        "bni,bvij->bvnj",
+        torch.cat([points, torch.ones_like(points[..., :1])], -1),
+        cams.to_3dgs()["full_proj_transform"],
     )
     pix = ((clip[..., :2] / clip[..., 3:] + 1) * torch.tensor([128.0, 96.0], dtype=torch.float64) - 1) / 2
     torch.testing.assert_close(pix, uv - 0.5)

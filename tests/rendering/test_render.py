@@ -5,8 +5,7 @@ import torch
 
 from unipre3d_hf.rendering import Cameras, Gaussians, render
 from unipre3d_hf.rendering.sh import SH_C0
-
-from .helpers import object_workload, orbit_cameras, random_gaussians
+from unipre3d_hf.rendering.synthetic import object_workload, orbit_cameras, random_gaussians
 
 
 def single_gaussian(mean, scale, opacity, rgb, dtype=torch.float32):
@@ -23,16 +22,21 @@ def single_gaussian(mean, scale, opacity, rgb, dtype=torch.float32):
 def test_isotropic_gaussian_renders_the_analytic_blob():
     # Off-centre principal point and fx != fy: the blob must sit at (cx, cy) with per-axis widths fx s / z, fy s / z.
     fx, fy, cx, cy, z, s, o = 120.0, 90.0, 37.3, 21.8, 2.0, 0.06, 0.8
-    cams = Cameras(torch.eye(4, dtype=torch.float64)[None, None], torch.tensor([[[fx, fy, cx, cy]]], dtype=torch.float64),
-                   width=72, height=48)
+    cams = Cameras(
+        torch.eye(4, dtype=torch.float64)[None, None],
+        torch.tensor([[[fx, fy, cx, cy]]], dtype=torch.float64),
+        width=72,
+        height=48,
+    )
     g = single_gaussian([0.0, 0.0, z], s, o, [0.9, 0.4, 0.1], dtype=torch.float64)
     bg = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
     out = render(g, cams, background=bg, backend="torch")
 
     var_x, var_y = (fx * s / z) ** 2 + 0.3, (fy * s / z) ** 2 + 0.3
     comp = math.sqrt((fx * s / z) ** 2 * (fy * s / z) ** 2 / (var_x * var_y))
-    ys, xs = torch.meshgrid(torch.arange(48, dtype=torch.float64) + 0.5, torch.arange(72, dtype=torch.float64) + 0.5,
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(48, dtype=torch.float64) + 0.5, torch.arange(72, dtype=torch.float64) + 0.5, indexing="ij"
+    )
     alpha = (o * comp * torch.exp(-0.5 * ((xs - cx) ** 2 / var_x + (ys - cy) ** 2 / var_y))).clamp(max=0.999)
     alpha = torch.where(alpha >= 1 / 255, alpha, torch.zeros_like(alpha))
     expected = alpha[..., None] * torch.tensor([0.9, 0.4, 0.1], dtype=torch.float64) + (1 - alpha[..., None]) * bg
@@ -61,8 +65,12 @@ def test_opaque_gaussian_occludes_the_one_behind():
     front = single_gaussian([0.0, 0.0, 1.0], 0.2, 1.0, [0.0, 1.0, 0.0])
     back = single_gaussian([0.0, 0.0, 3.0], 0.2, 1.0, [1.0, 0.0, 0.0])
     for first, second in ((front, back), (back, front)):  # storage order must not matter, depth order does
-        g = Gaussians(*(torch.cat([getattr(first, k), getattr(second, k)], 1)
-                        for k in ("means", "quats", "scales", "opacities", "sh")))
+        g = Gaussians(
+            *(
+                torch.cat([getattr(first, k), getattr(second, k)], 1)
+                for k in ("means", "quats", "scales", "opacities", "sh")
+            )
+        )
         out = render(g, cams, background=[0.0, 0.0, 1.0], backend="torch")
         centre = out.colors[0, 0, 16, 16]
         # the front one has alpha ~0.9986 (< the 0.999 cap); the back one would bring T below 1e-4, so the pixel
@@ -76,10 +84,13 @@ def test_opaque_gaussian_occludes_the_one_behind():
 def test_empty_masked_and_culled_sets_render_the_background():
     cams = orbit_cameras(2, 3, radius=2.0, width=24, height=20, fov_x_deg=60)
     bg = torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.0, 1.0]])
-    empty = Gaussians(torch.zeros(2, 0, 3), torch.zeros(2, 0, 4), torch.zeros(2, 0, 3), torch.zeros(2, 0),
-                      torch.zeros(2, 0, 1, 3))
+    empty = Gaussians(
+        torch.zeros(2, 0, 3), torch.zeros(2, 0, 4), torch.zeros(2, 0, 3), torch.zeros(2, 0), torch.zeros(2, 0, 1, 3)
+    )
     full = random_gaussians(2, 50, extent=0.3, scale_range=(0.02, 0.05))
-    masked = Gaussians(full.means, full.quats, full.scales, full.opacities, full.sh, torch.zeros(2, 50, dtype=torch.bool))
+    masked = Gaussians(
+        full.means, full.quats, full.scales, full.opacities, full.sh, torch.zeros(2, 50, dtype=torch.bool)
+    )
     for g in (empty, masked):
         out = render(g, cams, background=bg, backend="torch")
         assert out.colors.shape == (2, 3, 20, 24, 3)
@@ -108,9 +119,16 @@ def test_gradients_match_finite_differences():
     depth_weights = torch.rand(1, 2, 10, 12, dtype=torch.float64)
 
     def fn(means, quats, scales, opacities, sh):
-        out = render(Gaussians(means, quats, scales, opacities, sh), cams, background=[0.3, 0.2, 0.1], backend="torch",
-                     tile_size=4)
-        return (out.colors * weights).sum() + (out.alphas * depth_weights).sum() + 0.1 * (out.depths * depth_weights).sum()
+        out = render(
+            Gaussians(means, quats, scales, opacities, sh),
+            cams,
+            background=[0.3, 0.2, 0.1],
+            backend="torch",
+            tile_size=4,
+        )
+        return (
+            (out.colors * weights).sum() + (out.alphas * depth_weights).sum() + 0.1 * (out.depths * depth_weights).sum()
+        )
 
     inputs = tuple(t.clone().requires_grad_(True) for t in (g.means, g.quats, g.scales, g.opacities, g.sh))
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
@@ -150,15 +168,17 @@ def test_batch_with_padding_equals_samples_rendered_alone():
 def test_from_packed_keeps_order_and_validates():
     means = torch.arange(15, dtype=torch.float32).reshape(5, 3)
     idx = torch.tensor([1, 0, 1, 1, 0])
-    g = Gaussians.from_packed(means, torch.randn(5, 4), torch.ones(5, 3), torch.ones(5), torch.zeros(5, 1, 3), idx,
-                              batch_size=3)
+    g = Gaussians.from_packed(
+        means, torch.randn(5, 4), torch.ones(5, 3), torch.ones(5), torch.zeros(5, 1, 3), idx, batch_size=3
+    )
     assert g.means.shape == (3, 3, 3)
     torch.testing.assert_close(g.means[0, :2], means[[1, 4]])
     torch.testing.assert_close(g.means[1], means[[0, 2, 3]])
     assert g.mask.tolist() == [[True, True, False], [True, True, True], [False, False, False]]
     with pytest.raises(ValueError, match="batch_size"):
-        Gaussians.from_packed(means, torch.randn(5, 4), torch.ones(5, 3), torch.ones(5), torch.zeros(5, 1, 3), idx,
-                              batch_size=1)
+        Gaussians.from_packed(
+            means, torch.randn(5, 4), torch.ones(5, 3), torch.ones(5), torch.zeros(5, 1, 3), idx, batch_size=1
+        )
     with pytest.raises(ValueError, match="opacities"):
         Gaussians.from_packed(means, torch.randn(5, 4), torch.ones(5, 3), torch.ones(5, 1), torch.zeros(5, 1, 3), idx)
 
@@ -194,8 +214,13 @@ def test_lower_sh_degree_drops_view_dependence():
 
 
 def _valid_parts():
-    return dict(means=torch.zeros(1, 2, 3) + torch.tensor([0.0, 0.0, 2.0]), quats=torch.tensor([[[1.0, 0, 0, 0]] * 2]),
-                scales=torch.full((1, 2, 3), 0.1), opacities=torch.full((1, 2), 0.5), sh=torch.zeros(1, 2, 1, 3))
+    return dict(
+        means=torch.zeros(1, 2, 3) + torch.tensor([0.0, 0.0, 2.0]),
+        quats=torch.tensor([[[1.0, 0, 0, 0]] * 2]),
+        scales=torch.full((1, 2, 3), 0.1),
+        opacities=torch.full((1, 2), 0.5),
+        sh=torch.zeros(1, 2, 1, 3),
+    )
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,7 @@ def _check_matrix_batch(name: str, value: Tensor, trailing: tuple[int, ...]) -> 
     if not isinstance(value, Tensor):
         raise ValueError(f"`{name}` must be a torch.Tensor of shape [B, V, {', '.join(map(str, trailing))}]")
     if value.dim() != 2 + len(trailing) or tuple(value.shape[2:]) != trailing:
-        raise ValueError(
-            f"`{name}` must have shape [B, V, {', '.join(map(str, trailing))}], got {tuple(value.shape)}"
-        )
+        raise ValueError(f"`{name}` must have shape [B, V, {', '.join(map(str, trailing))}], got {tuple(value.shape)}")
     if not value.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {value.dtype}")
     if not torch.isfinite(value).all():
@@ -208,7 +206,9 @@ class Cameras:
     @property
     def tan_half_fov(self) -> Tensor:
         """``[B, V, 2]`` ``(tan(fov_x / 2), tan(fov_y / 2)) = (W / 2fx, H / 2fy)``."""
-        return torch.stack([0.5 * self.width / self.intrinsics[..., 0], 0.5 * self.height / self.intrinsics[..., 1]], -1)
+        return torch.stack(
+            [0.5 * self.width / self.intrinsics[..., 0], 0.5 * self.height / self.intrinsics[..., 1]], -1
+        )
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cameras:
         return Cameras(
@@ -268,3 +268,16 @@ class Cameras:
         fx, fy, cx, cy = (t[:, :, None] for t in self.intrinsics.unbind(-1))
         uv = torch.stack([fx * cam[..., 0] / safe_z + cx, fy * cam[..., 1] / safe_z + cy], dim=-1)
         return uv, z
+
+
+def look_at(eye: Tensor, target: Tensor, up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> Tensor:
+    """Camera-to-world matrices ``[..., 4, 4]`` (OpenCV axes) for cameras at ``eye`` ``[..., 3]`` looking at
+    ``target`` ``[..., 3]``, with image "up" (-y) towards ``up``. ``eye - target`` must not be parallel to ``up``."""
+    up_t = torch.tensor(up, dtype=eye.dtype, device=eye.device).expand_as(eye)
+    forward = torch.nn.functional.normalize(target - eye, dim=-1)
+    right = torch.nn.functional.normalize(torch.cross(forward, up_t, dim=-1), dim=-1)
+    down = torch.cross(forward, right, dim=-1)
+    c2w = torch.zeros(*eye.shape[:-1], 4, 4, dtype=eye.dtype, device=eye.device)
+    c2w[..., :3, 0], c2w[..., :3, 1], c2w[..., :3, 2], c2w[..., :3, 3] = right, down, forward, eye
+    c2w[..., 3, 3] = 1
+    return c2w

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from functools import lru_cache
+from functools import cache
 
 # module name -> (distribution names to look for, pip requirement to suggest)
 _OPTIONAL_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -29,9 +29,12 @@ _OPTIONAL_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _is_package_available(module_name: str) -> bool:
-    if importlib.util.find_spec(module_name) is None:
+    try:
+        if importlib.util.find_spec(module_name) is None:
+            return False
+    except (ImportError, ValueError):  # a broken install, or a parent package that fails to import
         return False
     dists = _OPTIONAL_PACKAGES.get(module_name, ((module_name,), ""))[0]
     for dist in dists:

@@ -124,9 +124,7 @@ def render(
     if cameras.device != gaussians.device:
         raise ValueError(f"`cameras` are on {cameras.device} but `gaussians` are on {gaussians.device}")
     if cameras.batch_size != gaussians.batch_size:
-        raise ValueError(
-            f"`cameras` has B={cameras.batch_size} samples but `gaussians` has B={gaussians.batch_size}"
-        )
+        raise ValueError(f"`cameras` has B={cameras.batch_size} samples but `gaussians` has B={gaussians.batch_size}")
     if sh_degree is None:
         sh_degree = gaussians.sh_degree
     elif not 0 <= sh_degree <= gaussians.sh_degree:
@@ -207,9 +205,10 @@ def _render_inria(
     mats = cameras.to_3dgs()
     quats = torch.nn.functional.normalize(gaussians.quats, dim=-1)  # it does not normalise them itself
     valid = gaussians.valid_mask()
-    depth_cam = torch.einsum(
-        "bvj,bnj->bvn", cameras.world_to_camera[..., 2, :3], gaussians.means
-    ) + cameras.world_to_camera[..., 2, 3][:, :, None]
+    depth_cam = (
+        torch.einsum("bvj,bnj->bvn", cameras.world_to_camera[..., 2, :3], gaussians.means)
+        + cameras.world_to_camera[..., 2, 3][:, :, None]
+    )
     zeros_bg = torch.zeros(3, dtype=bg.dtype, device=bg.device)
     colors, alphas, depths = [], [], []
     for b in range(cameras.batch_size):
@@ -242,7 +241,11 @@ def _render_inria(
                 shs=gaussians.sh[b][keep], colors_precomp=None, **common,
             )  # fmt: skip
             aux_colors = torch.stack(
-                [torch.ones_like(depth_cam[b, v][keep]), depth_cam[b, v][keep], torch.zeros_like(depth_cam[b, v][keep])],
+                [
+                    torch.ones_like(depth_cam[b, v][keep]),
+                    depth_cam[b, v][keep],
+                    torch.zeros_like(depth_cam[b, v][keep]),
+                ],
                 dim=-1,
             )
             aux_raster = GaussianRasterizer(GaussianRasterizationSettings(bg=zeros_bg, sh_degree=0, **settings))
