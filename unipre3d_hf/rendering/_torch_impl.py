@@ -193,7 +193,7 @@ def _composite_tiles(
     alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
     log_t = torch.cumsum(torch.log1p(-alpha), dim=1)  # log T after each Gaussian
     with torch.no_grad():
-        contributes = torch.exp(log_t) > TRANSMITTANCE_THRESHOLD
+        contributes = log_t > math.log(TRANSMITTANCE_THRESHOLD)
     log_t_before = torch.cat([torch.zeros_like(log_t[:, :1]), log_t[:, :-1]], dim=1)
     weights = torch.where(contributes, alpha * torch.exp(log_t_before), torch.zeros_like(alpha))  # [T, K, P]
     return torch.einsum("tkp,tkc->tpc", weights, features), weights.sum(1)
@@ -205,7 +205,7 @@ def rasterize_torch(
     background: Tensor,
     eps2d: float = 0.3,
     antialiased: bool = True,
-    tile_size: int = 16,
+    tile_size: int = 8,
     chunk_elements: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Render ``[B, V, H, W, 3]`` colours, ``[B, V, H, W]`` alphas and expected depths (see module docstring).

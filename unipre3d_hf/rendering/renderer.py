@@ -94,7 +94,7 @@ def render(
     sh_degree: int | None = None,
     antialiased: bool = True,
     eps2d: float = 0.3,
-    tile_size: int = 16,
+    tile_size: int | None = None,
     chunk_elements: int | None = None,
     check_inputs: bool = True,
 ) -> RenderOutput:
@@ -110,7 +110,8 @@ def render(
         antialiased: 3DGS's antialiasing (Mip-Splatting opacity compensation for the 0.3 px low-pass), as the paper
             uses. ``False`` gives the classic mode.
         eps2d: the low-pass filter added to 2D covariances, in px^2.
-        tile_size: tile edge in pixels (gsplat and torch backends).
+        tile_size: tile edge in pixels (default 16 for gsplat, 8 for torch, whose cost grows with the pixels
+            evaluated per Gaussian; the image does not depend on it).
         chunk_elements: torch backend only, the memory bound of one chunk (see ``rasterize_torch``).
         check_inputs: validate values (NaN, quaternion norms, ranges); costs a device sync. Shapes are always checked.
 
@@ -143,11 +144,11 @@ def render(
         )  # fmt: skip
     if chosen == "torch":
         colors, alphas, depths = rasterize_torch(
-            gaussians, cameras, bg, eps2d=eps2d, antialiased=antialiased, tile_size=tile_size,
+            gaussians, cameras, bg, eps2d=eps2d, antialiased=antialiased, tile_size=tile_size or 8,
             chunk_elements=chunk_elements,
         )  # fmt: skip
     elif chosen == "gsplat":
-        colors, alphas, depths = _render_gsplat(gaussians, cameras, bg, sh_degree, antialiased, eps2d, tile_size)
+        colors, alphas, depths = _render_gsplat(gaussians, cameras, bg, sh_degree, antialiased, eps2d, tile_size or 16)
     else:
         if eps2d != 0.3:
             warnings.warn("the inria backend has a fixed 0.3 px low-pass; `eps2d` is ignored", stacklevel=2)

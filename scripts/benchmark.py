@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Speed and memory benchmarks. Results go to docs/benchmarks.md together with the command that produced them.
+
+    python scripts/benchmark.py render                       # both workloads, every backend available here
+    python scripts/benchmark.py render --workload object --device cpu --methods torch --repeats 3
+
+`render` times forward + backward of one pre-training step's rendering:
+  - object: 32 samples x 4 views, 1,024 Gaussians each, 128x128 (ShapeNet level);
+  - scene:  1 sample x 8 views, 150,000 Gaussians, 160x120 (ScanNet level);
+with three methods: ``gsplat`` (one batched call), ``gsplat-loop`` (one call per sample and view, as the paper's
+render loop does) and ``torch`` (the pure-PyTorch backend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from unipre3d_hf.rendering import Cameras, Gaussians, render
+from unipre3d_hf.rendering.synthetic import object_workload, scene_workload
+from unipre3d_hf.utils import is_gsplat_available
+
+PARAMS = ("means", "quats", "scales", "opacities", "sh")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _render_step(gauss: Gaussians, cams: Cameras, method: str, bg: list[float]) -> None:
+    params = [getattr(gauss, k).detach().requires_grad_(True) for k in PARAMS]
+    g = Gaussians(*params)
+    if method == "gsplat-loop":
+        loss = 0.0
+        for b in range(cams.batch_size):
+            single = Gaussians(*(p[b : b + 1] for p in params))
+            for v in range(cams.num_views):
+                cam = Cameras(
+                    cams.world_to_camera[b : b + 1, v : v + 1], cams.intrinsics[b : b + 1, v : v + 1],
+                    cams.width, cams.height, cams.near, cams.far,
+                )  # fmt: skip
+                loss = loss + render(single, cam, background=bg, backend="gsplat", check_inputs=False).colors.sum()
+    else:
+        loss = render(g, cams, background=bg, backend=method, check_inputs=False).colors.sum()
+    loss.backward()
+
+
+def time_method(gauss, cams, method, bg, warmup: int, repeats: int) -> dict:
+    device = gauss.means.device
+    for _ in range(warmup):
+        _render_step(gauss, cams, method, bg)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        _render_step(gauss, cams, method, bg)
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    result = {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
+    if device.type == "cuda":
+        result["peak_mem_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def bench_render(args) -> list[dict]:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    methods = args.methods.split(",") if args.methods else None
+    if methods is None:
+        methods = ["gsplat", "gsplat-loop", "torch"] if device.type == "cuda" and is_gsplat_available() else ["torch"]
+    workloads = {
+        "object": (lambda: object_workload(batch=32, views=4, num=1024, size=128), [0.0, 0.0, 0.0]),
+        "scene": (lambda: scene_workload(num=150_000, views=8, width=160, height=120), [1.0, 1.0, 1.0]),
+    }
+    names = list(workloads) if args.workload == "all" else [args.workload]
+    rows = []
+    for name in names:
+        make, bg = workloads[name]
+        gauss, cams = make()
+        gauss = Gaussians(*(getattr(gauss, k).to(device) for k in PARAMS))
+        cams = cams.to(device)
+        for method in methods:
+            repeats = max(1, args.repeats // 10) if method == "gsplat-loop" else args.repeats
+            row = {"benchmark": "render", "workload": name, "method": method, "device": str(device)}
+            row.update(time_method(gauss, cams, method, bg, warmup=args.warmup, repeats=repeats))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_render = sub.add_parser("render", help="Gaussian rasterization, forward + backward")
+    p_render.add_argument("--workload", choices=["object", "scene", "all"], default="all")
+    p_render.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p_render.add_argument("--methods", default=None, help="comma-separated subset of gsplat,gsplat-loop,torch")
+    p_render.add_argument("--repeats", type=int, default=20)
+    p_render.add_argument("--warmup", type=int, default=3)
+    p_render.add_argument("--output", default=None, help="also write the results as JSON to this file")
+    args = parser.parse_args(argv)
+
+    header = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(header), flush=True)
+    rows = bench_render(args)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"environment": header, "command": " ".join(sys.argv), "results": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

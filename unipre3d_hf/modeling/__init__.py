@@ -1,0 +1,1 @@
+"""Models: one file per backbone, the pre-training model, task heads, ModelOutput and AutoModelFor... classes."""

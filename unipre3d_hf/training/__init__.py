@@ -1,0 +1,1 @@
+"""Losses, metrics (PSNR, SSIM, LPIPS, accuracy, mIoU), EMA and schedules."""
