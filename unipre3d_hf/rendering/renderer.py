@@ -179,6 +179,7 @@ def _render_gsplat(
         eps2d=eps2d,
         sh_degree=sh_degree,
         tile_size=tile_size,
+        packed=False,  # padded [B, N] inputs; gsplat's packed mode also can't take per-image backgrounds
         backgrounds=bg.contiguous(),
         render_mode="RGB+ED",
         rasterize_mode="antialiased" if antialiased else "classic",
