@@ -278,3 +278,12 @@ def test_auto_backend_is_torch_on_cpu():
     g = Gaussians(**_valid_parts())
     cams = Cameras(torch.eye(4)[None, None], torch.tensor([[[50.0, 50.0, 8.0, 8.0]]]), 16, 16)
     assert render(g, cams).backend == "torch"
+
+
+def test_cameras_follow_the_gaussians_dtype():
+    g64 = random_gaussians(1, 20, extent=0.3, scale_range=(0.03, 0.08), dtype=torch.float64)
+    cams32 = orbit_cameras(1, 2, radius=1.5, width=16, height=16, fov_x_deg=55)
+    out = render(g64, cams32)
+    assert out.colors.dtype == torch.float64
+    g32 = Gaussians(*(getattr(g64, k).float() for k in ("means", "quats", "scales", "opacities", "sh")))
+    torch.testing.assert_close(out.colors.float(), render(g32, cams32).colors, atol=1e-5, rtol=0)

@@ -133,7 +133,8 @@ def render(
     if check_inputs:
         gaussians.check_values()
     dtype = gaussians.means.dtype
-    cameras = cameras.to(dtype=dtype)
+    if cameras.dtype != dtype:
+        cameras = cameras.to(dtype=dtype)
     bg = _background_tensor(background, cameras.batch_size, cameras.num_views, gaussians.device, dtype)
     chosen = _resolve_backend(backend, gaussians.device, dtype)
     if sh_degree < gaussians.sh_degree:
