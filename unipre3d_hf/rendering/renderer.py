@@ -20,11 +20,12 @@ import torch
 from torch import Tensor
 
 from ..utils.import_utils import is_gsplat_available, require_package
-from ._torch_impl import rasterize_torch
+from ._torch_impl import DEFAULT_TILE_SIZE, rasterize_torch
 from .cameras import Cameras
 from .gaussians import Gaussians
 
 BACKENDS = ("auto", "gsplat", "torch", "inria")
+GSPLAT_TILE_SIZE = 16  # gsplat's own default
 
 
 @dataclass
@@ -145,11 +146,13 @@ def render(
         )  # fmt: skip
     if chosen == "torch":
         colors, alphas, depths = rasterize_torch(
-            gaussians, cameras, bg, eps2d=eps2d, antialiased=antialiased, tile_size=tile_size or 8,
-            chunk_elements=chunk_elements,
+            gaussians, cameras, bg, eps2d=eps2d, antialiased=antialiased,
+            tile_size=tile_size or DEFAULT_TILE_SIZE, chunk_elements=chunk_elements,
         )  # fmt: skip
     elif chosen == "gsplat":
-        colors, alphas, depths = _render_gsplat(gaussians, cameras, bg, sh_degree, antialiased, eps2d, tile_size or 16)
+        colors, alphas, depths = _render_gsplat(
+            gaussians, cameras, bg, sh_degree, antialiased, eps2d, tile_size or GSPLAT_TILE_SIZE
+        )
     else:
         if eps2d != 0.3:
             warnings.warn("the inria backend has a fixed 0.3 px low-pass; `eps2d` is ignored", stacklevel=2)
