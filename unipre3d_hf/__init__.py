@@ -1,7 +1,9 @@
 """unipre3d_hf: UniPre3D (CVPR 2025) for the Hugging Face ecosystem.
 
-Importing the package is light: it imports neither torch nor any optional kernel until a public name that needs it
-is first used (``unipre3d_hf.render``, ``unipre3d_hf.Cameras``, ...).
+Importing the package registers every config and model with transformers' Auto classes (so
+``AutoModel.from_pretrained`` works right after ``import unipre3d_hf``); that imports torch and transformers, but never
+an optional kernel (gsplat, spconv, mamba-ssm, flash-attn, diffusers, lpips): those load only when a backend that needs
+them is asked for.
 """
 
 from __future__ import annotations
@@ -39,6 +41,23 @@ if TYPE_CHECKING:
         is_mamba_ssm_available,
         is_spconv_available,
     )
+
+
+# (configuration module, config class, modeling module, model class) registered with AutoConfig / AutoModel
+_AUTO_MODELS: list[tuple[str, str, str, str]] = []
+
+
+def _register_with_auto_classes() -> None:
+    from transformers import AutoConfig, AutoModel
+
+    for config_module, config_name, model_module, model_name in _AUTO_MODELS:
+        config_cls = getattr(importlib.import_module(f".configuration.{config_module}", __name__), config_name)
+        model_cls = getattr(importlib.import_module(f".modeling.{model_module}", __name__), model_name)
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        AutoModel.register(config_cls, model_cls, exist_ok=True)
+
+
+_register_with_auto_classes()
 
 
 def __getattr__(name: str):
