@@ -15,6 +15,11 @@ __version__ = "0.1.0.dev0"
 
 # public name -> submodule that defines it
 _LAZY_NAMES = {
+    "PointBackboneOutput": "modeling.outputs",
+    "PointMLPConfig": "configuration.pointmlp",
+    "PointMLPModel": "modeling.pointmlp",
+    "PointTransformerConfig": "configuration.point_transformer",
+    "PointTransformerModel": "modeling.point_transformer",
     "Cameras": "rendering",
     "Gaussians": "rendering",
     "RenderOutput": "rendering",
@@ -31,6 +36,11 @@ _LAZY_NAMES = {
 __all__ = ["__version__", *_LAZY_NAMES]
 
 if TYPE_CHECKING:
+    from .configuration.point_transformer import PointTransformerConfig  # noqa: F401
+    from .configuration.pointmlp import PointMLPConfig  # noqa: F401
+    from .modeling.outputs import PointBackboneOutput  # noqa: F401
+    from .modeling.point_transformer import PointTransformerModel  # noqa: F401
+    from .modeling.pointmlp import PointMLPModel  # noqa: F401
     from .rendering import Cameras, Gaussians, RenderOutput, render  # noqa: F401
     from .utils import (  # noqa: F401
         is_diff_gaussian_rasterization_available,
@@ -44,7 +54,10 @@ if TYPE_CHECKING:
 
 
 # (configuration module, config class, modeling module, model class) registered with AutoConfig / AutoModel
-_AUTO_MODELS: list[tuple[str, str, str, str]] = []
+_AUTO_MODELS: list[tuple[str, str, str, str]] = [
+    ("pointmlp", "PointMLPConfig", "pointmlp", "PointMLPModel"),
+    ("point_transformer", "PointTransformerConfig", "point_transformer", "PointTransformerModel"),
+]
 
 
 def _register_with_auto_classes() -> None:

@@ -2,8 +2,46 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from transformers import initialization as init
+
+from ..ops.sampling import ball_query, farthest_point_sample, gather_points, knn, three_nn_interpolate
+
+
+def init_torch_default(module: nn.Module) -> None:
+    """PyTorch's own default initialisation (``reset_parameters`` of Linear/ConvNd: Kaiming-uniform with a = sqrt(5),
+    bias uniform(+-1/sqrt(fan_in)); norms (1, 0)), through ``transformers.initialization`` so that loaded weights are
+    kept. Used by the backbones whose papers rely on the framework defaults (PointMLP, PCM's convolutions)."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+        if module.bias is not None:
+            fan_in = module.weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            init.uniform_(module.bias, -bound, bound)
+    else:
+        init_point_module(module, std=0.0)
+
+
+def init_point_module(module: nn.Module, std: float) -> None:
+    """The initialisation shared by the point backbones (Point-BERT/Point-MAE/openpoints): truncated normal (std,
+    +-2) for linear and 1x1/nd convolution weights, zero biases, norms to (1, 0) with fresh running statistics.
+
+    Uses ``transformers.initialization`` so that weights loaded by ``from_pretrained`` are never re-initialised."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        if module.weight is not None:
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        if getattr(module, "running_mean", None) is not None:
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -47,3 +85,185 @@ def check_point_batch(points: torch.Tensor, features: torch.Tensor | None, *, mi
             )
         if not torch.isfinite(features).all():
             raise ValueError("`features` contains NaN or infinite values")
+
+
+# --- PointMLP-style blocks (Ma et al. 2022, "Rethinking Network Design and Local Geometry in Point Cloud"), shared by
+# PointMLP and Point Cloud Mamba. Features are channels-first [B, C, L] around the 1x1 convolutions.
+
+
+def activation_module(name: str) -> nn.Module:
+    acts = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leakyrelu": nn.LeakyReLU}
+    if name not in acts:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(acts)}")
+    return acts[name]()
+
+
+class ConvBNAct1d(nn.Sequential):
+    """1x1 Conv1d + BatchNorm1d + activation."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, act: str = "relu"):
+        super().__init__(nn.Conv1d(in_channels, out_channels, 1, bias=bias), nn.BatchNorm1d(out_channels))
+        self.add_module("act", activation_module(act))
+
+
+class ResidualConvBlock1d(nn.Module):
+    """act(BN(Conv(act(BN(Conv(x))))) + x) with 1x1 convolutions (PointMLP's ConvBNReLURes1D, groups=1)."""
+
+    def __init__(self, channels: int, res_expansion: float = 1.0, bias: bool = True, act: str = "relu"):
+        super().__init__()
+        hidden = int(channels * res_expansion)
+        self.net1 = ConvBNAct1d(channels, hidden, bias, act)
+        self.net2 = nn.Sequential(nn.Conv1d(hidden, channels, 1, bias=bias), nn.BatchNorm1d(channels))
+        self.act = activation_module(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.net2(self.net1(x)) + x)
+
+
+def residual_stack(channels: int, blocks: int, res_expansion: float, bias: bool, act: str) -> nn.Sequential:
+    return nn.Sequential(*(ResidualConvBlock1d(channels, res_expansion, bias, act) for _ in range(blocks)))
+
+
+class LocalGrouper(nn.Module):
+    """PointMLP's geometric affine grouping: FPS anchors, kNN groups, normalised relative features.
+
+    For each anchor: gather its k nearest neighbours' features (and relative xyz if ``use_xyz``), subtract the anchor
+    ("anchor") or group mean ("center"), divide by one std per sample over all groups, neighbours and channels
+    (unbiased, + 1e-5), apply a learnable per-channel affine, and concatenate the anchor's own feature.
+    """
+
+    def __init__(self, channels: int, reducer: int, k: int, use_xyz: bool, normalize: str, sort_anchors: bool = False):
+        super().__init__()
+        self.reducer, self.k, self.use_xyz, self.normalize, self.sort_anchors = (
+            reducer,
+            k,
+            use_xyz,
+            normalize,
+            sort_anchors,
+        )
+        affine_dim = channels + (3 if use_xyz else 0)
+        self.affine_alpha = nn.Parameter(torch.ones(1, 1, 1, affine_dim))
+        self.affine_beta = nn.Parameter(torch.zeros(1, 1, 1, affine_dim))
+
+    def forward(
+        self, xyz: torch.Tensor, features: torch.Tensor, fps_xyz: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor]:
+        """
+        Args:
+            xyz: ``[B, N, D]`` positions (D = 3; the legacy PointMLP path passes 4).
+            features: ``[B, N, C]``.
+            fps_xyz: ``[B, N, 3]`` what FPS measures (defaults to ``xyz``).
+        Returns:
+            ``(anchor xyz [B, S, D], grouped [B, S, k, 2C (+3)], anchor indices [B, S])``.
+        """
+        B, N, _ = xyz.shape
+        S = N // self.reducer
+        idx = farthest_point_sample(xyz if fps_xyz is None else fps_xyz, S)
+        if self.sort_anchors:
+            idx = idx.sort(dim=1).values
+        new_xyz = gather_points(xyz, idx)
+        new_features = gather_points(features, idx)
+        _, nn_idx = knn(new_xyz, xyz, self.k)
+        grouped = gather_points(features, nn_idx)  # [B, S, k, C]
+        anchor = new_features
+        if self.use_xyz:
+            grouped = torch.cat([grouped, gather_points(xyz, nn_idx)], dim=-1)
+            anchor = torch.cat([anchor, new_xyz], dim=-1)
+        center = anchor.unsqueeze(2) if self.normalize == "anchor" else grouped.mean(dim=2, keepdim=True)
+        rel = grouped - center
+        std = rel.reshape(B, -1).std(dim=-1).view(B, 1, 1, 1)
+        rel = self.affine_alpha * (rel / (std + 1e-5)) + self.affine_beta
+        out = torch.cat([rel, new_features.unsqueeze(2).expand(-1, -1, self.k, -1)], dim=-1)
+        return new_xyz, out, idx
+
+
+class PreExtraction(nn.Module):
+    """Grouped features ``[B, S, k, C_in]`` -> transfer conv, residual blocks, max over k -> ``[B, C_out, S]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, blocks: int, res_expansion: float, bias: bool, act: str):
+        super().__init__()
+        self.transfer = ConvBNAct1d(in_channels, out_channels, bias, act)
+        self.operation = residual_stack(out_channels, blocks, res_expansion, bias, act)
+
+    def forward(self, grouped: torch.Tensor) -> torch.Tensor:
+        B, S, k, C = grouped.shape
+        x = grouped.reshape(B * S, k, C).transpose(1, 2)
+        x = self.operation(self.transfer(x))
+        return x.amax(dim=-1).reshape(B, S, -1).transpose(1, 2)
+
+
+class FeaturePropagation(nn.Module):
+    """PointNet++ feature propagation: 3-NN interpolation of coarse features onto fine points, concatenated with the
+    fine points' skip features ([skip, interpolated]), then Conv+BN+act and residual blocks."""
+
+    def __init__(self, in_channels: int, out_channels: int, blocks: int, res_expansion: float, bias: bool, act: str):
+        super().__init__()
+        self.fuse = ConvBNAct1d(in_channels, out_channels, bias, act)
+        self.extraction = residual_stack(out_channels, blocks, res_expansion, bias, act)
+
+    def forward(
+        self,
+        fine_xyz: torch.Tensor,
+        coarse_xyz: torch.Tensor,
+        fine_features: torch.Tensor,
+        coarse_features: torch.Tensor,
+    ) -> torch.Tensor:
+        """``fine_xyz [B, N, D]``, ``coarse_xyz [B, S, D]``, ``fine_features [B, C1, N]``, ``coarse_features
+        [B, C2, S]`` -> ``[B, C_out, N]``."""
+        interpolated = three_nn_interpolate(fine_xyz, coarse_xyz, coarse_features.transpose(1, 2)).transpose(1, 2)
+        return self.extraction(self.fuse(torch.cat([fine_features, interpolated], dim=1)))
+
+
+# --- Patch tokenizer of the Point-BERT family (point Transformer, Mamba3D).
+
+
+class MiniPointNet(nn.Module):
+    """Point-BERT's patch encoder: per point Conv(c->128)+BN+ReLU+Conv(128->256); max over the patch; concatenate the
+    patch feature to every point (512); Conv(512->512)+BN+ReLU+Conv(512->out); max over the patch.
+
+    ``[B, G, K, c]`` -> ``[B, G, out]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.first_conv = nn.Sequential(
+            nn.Conv1d(in_channels, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
+        )
+        self.second_conv = nn.Sequential(
+            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, out_channels, 1)
+        )
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        B, G, K, C = patches.shape
+        x = self.first_conv(patches.reshape(B * G, K, C).transpose(1, 2))  # [BG, 256, K]
+        pooled = x.amax(dim=2, keepdim=True)
+        x = self.second_conv(torch.cat([pooled.expand(-1, -1, K), x], dim=1))
+        return x.amax(dim=2).reshape(B, G, -1)
+
+
+def group_patches(
+    points: torch.Tensor,
+    features: torch.Tensor | None,
+    num_groups: int,
+    group_size: int,
+    grouper: str = "knn",
+    radius: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FPS patch centres (first index 0) and their neighbourhoods relative to the centre.
+
+    Args:
+        points: ``[B, N, 3]``; features: ``[B, N, C]`` or None.
+        grouper: "knn" (the ``group_size`` nearest points) or "ball_query" (up to ``group_size`` within ``radius``).
+    Returns:
+        ``(centres [B, G, 3], patches [B, G, K, 3 + C])`` with xyz relative to the centre first.
+    """
+    centre_idx = farthest_point_sample(points, num_groups)
+    centres = gather_points(points, centre_idx)
+    if grouper == "knn":
+        _, idx = knn(centres, points, group_size)
+    else:
+        idx = ball_query(centres, points, radius, group_size)
+    patches = gather_points(points, idx) - centres.unsqueeze(2)
+    if features is not None:
+        patches = torch.cat([patches, gather_points(features, idx)], dim=-1)
+    return centres, patches

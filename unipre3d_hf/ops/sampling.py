@@ -1,0 +1,130 @@
+"""Point sampling and grouping in pure PyTorch, batched over samples (no Python loop over the batch).
+
+Every function takes padded batches ``[B, N, D]``; distances are squared Euclidean over all ``D`` channels (``D`` is 3
+for xyz; the legacy PointMLP path measures 4 channels, see ``PointMLPConfig.legacy_sampling``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check_batch(name: str, x: torch.Tensor, ndim: int = 3) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != ndim:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"`{name}` must be a tensor of shape [B, N, D], got {got}")
+
+
+def square_distance(query: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``[B, S, N]`` between ``query [B, S, D]`` and ``points [B, N, D]``.
+
+    Expanded as |q|^2 - 2 q.p + |p|^2 (one batched matmul, as PointNet++'s ``square_distance``), clamped at 0.
+    """
+    d = (query * query).sum(-1, keepdim=True) - 2.0 * query @ points.transpose(1, 2)
+    d = d + (points * points).sum(-1).unsqueeze(1)
+    return d.clamp_min_(0.0)
+
+
+def farthest_point_sample(points: torch.Tensor, num_samples: int, start_index: int = 0) -> torch.LongTensor:
+    """Iterative farthest point sampling (Eldar et al. 1997; PointNet++'s CUDA kernel semantics).
+
+    Starts at ``start_index`` for every sample, then repeatedly takes the point farthest from the chosen set (ties:
+    the lowest index, as ``argmax``). One step per sample point, each batched over ``B`` and ``N``.
+
+    Args:
+        points: ``[B, N, D]``.
+        num_samples: ``S <= N``.
+    Returns:
+        ``[B, S]`` long indices.
+    """
+    _check_batch("points", points)
+    B, N, _ = points.shape
+    if not 0 < num_samples <= N:
+        raise ValueError(f"farthest_point_sample: `num_samples` must be in [1, N={N}], got {num_samples}")
+    pts = points.detach().float()
+    idx = torch.empty(B, num_samples, dtype=torch.long, device=points.device)
+    min_dist = torch.full((B, N), float("inf"), device=points.device)
+    batch = torch.arange(B, device=points.device)
+    current = torch.full((B,), start_index, dtype=torch.long, device=points.device)
+    for i in range(num_samples):
+        idx[:, i] = current
+        last = pts[batch, current].unsqueeze(1)  # [B, 1, D]
+        min_dist = torch.minimum(min_dist, ((pts - last) ** 2).sum(-1))
+        current = min_dist.argmax(dim=1)
+    return idx
+
+
+def gather_points(x: torch.Tensor, idx: torch.LongTensor) -> torch.Tensor:
+    """``x [B, N, C]`` gathered at ``idx [B, *S]`` -> ``[B, *S, C]``."""
+    B = x.shape[0]
+    flat = idx.reshape(B, -1)
+    out = torch.gather(x, 1, flat.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return out.reshape(*idx.shape, x.shape[-1])
+
+
+def knn(query: torch.Tensor, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.LongTensor]:
+    """The ``k`` nearest ``points [B, N, D]`` of every ``query [B, S, D]``, nearest first.
+
+    Returns:
+        ``(squared distances [B, S, k], indices [B, S, k])``. A query that is itself in ``points`` finds itself.
+    """
+    _check_batch("query", query)
+    _check_batch("points", points)
+    if not 0 < k <= points.shape[1]:
+        raise ValueError(f"knn: `k` must be in [1, N={points.shape[1]}], got {k}")
+    with torch.no_grad():
+        d = square_distance(query.detach().float(), points.detach().float())
+        dist, idx = d.topk(k, dim=-1, largest=False, sorted=True)
+    return dist, idx
+
+
+def ball_query(query: torch.Tensor, points: torch.Tensor, radius: float, k: int) -> torch.LongTensor:
+    """Up to ``k`` points within ``radius`` of each query, in index order (PointNet++'s ``ball_query``).
+
+    Slots after the last hit repeat the first hit; a query with no hit gets index 0 everywhere, as the CUDA kernel.
+
+    Returns:
+        ``[B, S, k]`` long indices.
+    """
+    _check_batch("query", query)
+    _check_batch("points", points)
+    N = points.shape[1]
+    if k < 1:
+        raise ValueError(f"ball_query: `k` must be >= 1, got {k}")
+    with torch.no_grad():
+        d = square_distance(query.detach().float(), points.detach().float())
+        order = torch.arange(N, device=points.device).expand_as(d)
+        candidates = torch.where(d < radius * radius, order, torch.full_like(order, N))
+        kk = min(k, N)
+        idx = candidates.topk(kk, dim=-1, largest=False, sorted=True).values
+        if kk < k:
+            idx = torch.cat([idx, idx.new_full((*idx.shape[:-1], k - kk), N)], dim=-1)
+        first = idx[..., :1]
+        first = torch.where(first == N, torch.zeros_like(first), first)
+        idx = torch.where(idx == N, first.expand_as(idx), idx)
+    return idx
+
+
+def three_nn_interpolate(
+    query: torch.Tensor, points: torch.Tensor, features: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """Inverse-squared-distance interpolation from the 3 nearest ``points`` (PointNet++ feature propagation).
+
+    weight_i = 1 / (d_i^2 + eps), normalised over the 3 neighbours. With a single source point, it is copied.
+
+    Args:
+        query: ``[B, S, D]`` where features are wanted.
+        points: ``[B, N, D]`` where they are known.
+        features: ``[B, N, C]``.
+    Returns:
+        ``[B, S, C]``.
+    """
+    N = points.shape[1]
+    if features.shape[:2] != points.shape[:2]:
+        raise ValueError(f"`features` must be [B, N, C] with B, N = {tuple(points.shape[:2])}, got {features.shape}")
+    if N == 1:
+        return features.expand(-1, query.shape[1], -1)
+    dist, idx = knn(query, points, min(3, N))
+    weight = 1.0 / (dist + eps)
+    weight = (weight / weight.sum(-1, keepdim=True)).to(features.dtype)
+    return (gather_points(features, idx) * weight.unsqueeze(-1)).sum(dim=2)
