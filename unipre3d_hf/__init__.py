@@ -18,6 +18,8 @@ _LAZY_NAMES = {
     "PointBackboneOutput": "modeling.outputs",
     "PointMLPConfig": "configuration.pointmlp",
     "PointMLPModel": "modeling.pointmlp",
+    "Mamba3DConfig": "configuration.mamba3d",
+    "Mamba3DModel": "modeling.mamba3d",
     "PointTransformerConfig": "configuration.point_transformer",
     "PointTransformerModel": "modeling.point_transformer",
     "Cameras": "rendering",
@@ -36,8 +38,10 @@ _LAZY_NAMES = {
 __all__ = ["__version__", *_LAZY_NAMES]
 
 if TYPE_CHECKING:
+    from .configuration.mamba3d import Mamba3DConfig  # noqa: F401
     from .configuration.point_transformer import PointTransformerConfig  # noqa: F401
     from .configuration.pointmlp import PointMLPConfig  # noqa: F401
+    from .modeling.mamba3d import Mamba3DModel  # noqa: F401
     from .modeling.outputs import PointBackboneOutput  # noqa: F401
     from .modeling.point_transformer import PointTransformerModel  # noqa: F401
     from .modeling.pointmlp import PointMLPModel  # noqa: F401
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
 _AUTO_MODELS: list[tuple[str, str, str, str]] = [
     ("pointmlp", "PointMLPConfig", "pointmlp", "PointMLPModel"),
     ("point_transformer", "PointTransformerConfig", "point_transformer", "PointTransformerModel"),
+    ("mamba3d", "Mamba3DConfig", "mamba3d", "Mamba3DModel"),
 ]
 
 

@@ -267,3 +267,104 @@ def group_patches(
     if features is not None:
         patches = torch.cat([patches, gather_points(features, idx)], dim=-1)
     return centres, patches
+
+
+# --- Mamba (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces"), with the parameter
+# names of mamba-ssm's ``Mamba`` module so that checkpoints convert by name. Used by Mamba3D and Point Cloud Mamba.
+
+
+class MambaMixer(nn.Module):
+    """Selective-SSM mixer: in_proj -> [causal depthwise conv + SiLU -> selective scan gated by SiLU(z)] -> out_proj.
+
+    ``bidirectional="channel_flip"`` adds Mamba3D's backward branch ("bimamba v4"): separate conv / x_proj / dt_proj
+    / A / D parameters run on the in-projected ``[x; z]`` flipped along the channel axis; the result is flipped back
+    and added before ``out_proj``.
+
+    ``[B, L, d_model]`` -> ``[B, L, d_model]``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        bidirectional: str | None = None,
+        scan_backend: str = "auto",
+    ):
+        super().__init__()
+        if bidirectional not in (None, "channel_flip"):
+            raise ValueError(f"MambaMixer: `bidirectional` must be None or 'channel_flip', got {bidirectional!r}")
+        self.d_inner = expand * d_model
+        self.d_state = d_state
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
+        self.bidirectional = bidirectional
+        self.scan_backend = scan_backend
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        suffixes = ["", "_b"] if bidirectional else [""]
+        for s in suffixes:
+            self.add_module(f"conv1d{s}", nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner))
+            self.add_module(f"x_proj{s}", nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False))
+            self.add_module(f"dt_proj{s}", nn.Linear(self.dt_rank, self.d_inner, bias=True))
+            a_name = "A_log" if s == "" else "A_b_log"
+            self.register_parameter(a_name, nn.Parameter(torch.empty(self.d_inner, d_state)))
+            self.register_parameter(f"D{s}", nn.Parameter(torch.empty(self.d_inner)))
+        self.reset_ssm_parameters()
+
+    def _branches(self):
+        yield self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D
+        if self.bidirectional:
+            yield self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba's initialisation of the SSM parameters (mamba-ssm ``Mamba.__init__``): dt_proj weight uniform in
+        +-dt_rank^-0.5; dt bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max] (floored); A = -(1..N) per
+        channel (stored as log); D = 1. Through ``transformers.initialization`` so that loaded weights are kept."""
+        std = self.dt_rank**-0.5
+        for _, _, dt_proj, A_log, D in self._branches():
+            init.uniform_(dt_proj.weight, -std, std)
+            if not getattr(dt_proj.bias, "_is_hf_initialized", False):
+                dt = torch.exp(
+                    torch.rand(self.d_inner) * (math.log(self.dt_max) - math.log(self.dt_min)) + math.log(self.dt_min)
+                ).clamp_min(self.dt_init_floor)
+                init.copy_(dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+            a = torch.arange(1, self.d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+            init.copy_(A_log, torch.log(a))
+            init.ones_(D)
+
+    def _ssm(self, xz: torch.Tensor, conv1d, x_proj, dt_proj, A_log, D) -> torch.Tensor:
+        from ..ops.selective_scan import causal_conv1d, selective_scan
+
+        x, z = xz.chunk(2, dim=1)  # [B, d_inner, L] each
+        conv_backend = "torch" if self.scan_backend == "torch" else "auto"
+        x = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu", backend=conv_backend)
+        x_dbl = x_proj(x.transpose(1, 2))  # [B, L, dt_rank + 2N]
+        dt, B_ssm, C_ssm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # [B, d_inner, L]; the bias is added inside the scan
+        return selective_scan(
+            x,
+            dt,
+            -torch.exp(A_log.float()),
+            B_ssm.transpose(1, 2).contiguous(),  # [B, N, L]
+            C_ssm.transpose(1, 2).contiguous(),
+            D.float(),
+            z=z,
+            delta_bias=dt_proj.bias.float(),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2 d_inner, L]
+        branches = self._branches()
+        y = self._ssm(xz, *next(branches))
+        if self.bidirectional:
+            y = y + self._ssm(xz.flip(1), *next(branches)).flip(1)
+        return self.out_proj(y.transpose(1, 2))
