@@ -15,6 +15,8 @@ __version__ = "0.1.0.dev0"
 
 # public name -> submodule that defines it
 _LAZY_NAMES = {
+    "PCMConfig": "configuration.pcm",
+    "PCMModel": "modeling.pcm",
     "PointBackboneOutput": "modeling.outputs",
     "PointMLPConfig": "configuration.pointmlp",
     "PointMLPModel": "modeling.pointmlp",
@@ -39,10 +41,12 @@ __all__ = ["__version__", *_LAZY_NAMES]
 
 if TYPE_CHECKING:
     from .configuration.mamba3d import Mamba3DConfig  # noqa: F401
+    from .configuration.pcm import PCMConfig  # noqa: F401
     from .configuration.point_transformer import PointTransformerConfig  # noqa: F401
     from .configuration.pointmlp import PointMLPConfig  # noqa: F401
     from .modeling.mamba3d import Mamba3DModel  # noqa: F401
     from .modeling.outputs import PointBackboneOutput  # noqa: F401
+    from .modeling.pcm import PCMModel  # noqa: F401
     from .modeling.point_transformer import PointTransformerModel  # noqa: F401
     from .modeling.pointmlp import PointMLPModel  # noqa: F401
     from .rendering import Cameras, Gaussians, RenderOutput, render  # noqa: F401
@@ -62,6 +66,7 @@ _AUTO_MODELS: list[tuple[str, str, str, str]] = [
     ("pointmlp", "PointMLPConfig", "pointmlp", "PointMLPModel"),
     ("point_transformer", "PointTransformerConfig", "point_transformer", "PointTransformerModel"),
     ("mamba3d", "Mamba3DConfig", "mamba3d", "Mamba3DModel"),
+    ("pcm", "PCMConfig", "pcm", "PCMModel"),
 ]
 
 
