@@ -3,12 +3,16 @@
 
     python scripts/benchmark.py render                       # both workloads, every backend available here
     python scripts/benchmark.py render --workload object --device cpu --methods torch --repeats 3
+    python scripts/benchmark.py backbones --models pcm --scan-backends torch,mamba_ssm
 
 `render` times forward + backward of one pre-training step's rendering:
   - object: 32 samples x 4 views, 1,024 Gaussians each, 128x128 (ShapeNet level);
   - scene:  1 sample x 8 views, 150,000 Gaussians, 160x120 (ScanNet level);
 with three methods: ``gsplat`` (one batched call), ``gsplat-loop`` (one call per sample and view, as the paper's
 render loop does) and ``torch`` (the pure-PyTorch backend).
+
+`backbones` times forward + backward of the four object backbones at their default (paper) size, B=32, N=1024, with
+the torch and mamba-ssm selective scans for Mamba3D and PCM; peak memory on CUDA.
 """
 
 from __future__ import annotations
@@ -52,23 +56,7 @@ def _render_step(gauss: Gaussians, cams: Cameras, method: str, bg: list[float]) 
 
 
 def time_method(gauss, cams, method, bg, warmup: int, repeats: int) -> dict:
-    device = gauss.means.device
-    for _ in range(warmup):
-        _render_step(gauss, cams, method, bg)
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        _render_step(gauss, cams, method, bg)
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    result = {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
-    if device.type == "cuda":
-        result["peak_mem_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return result
+    return _time_step(lambda: _render_step(gauss, cams, method, bg), gauss.means.device, warmup, repeats)
 
 
 def bench_render(args) -> list[dict]:
@@ -96,6 +84,72 @@ def bench_render(args) -> list[dict]:
     return rows
 
 
+OBJECT_BACKBONES = ("pointmlp", "point_transformer", "mamba3d", "pcm")
+MAMBA_BACKBONES = ("mamba3d", "pcm")
+
+
+def _object_backbone(name: str, scan_backend: str):
+    import unipre3d_hf as u
+
+    configs = {
+        "pointmlp": lambda: (u.PointMLPConfig(), u.PointMLPModel),
+        "point_transformer": lambda: (u.PointTransformerConfig(), u.PointTransformerModel),
+        "mamba3d": lambda: (u.Mamba3DConfig(selective_scan_backend=scan_backend), u.Mamba3DModel),
+        "pcm": lambda: (u.PCMConfig(selective_scan_backend=scan_backend), u.PCMModel),
+    }
+    config, cls = configs[name]()
+    return cls(config)
+
+
+def bench_backbones(args) -> list[dict]:
+    """Forward + backward of each object backbone (default config, train mode) on ``[B, N, 3]`` random clouds."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = args.models.split(",") if args.models else list(OBJECT_BACKBONES)
+    rows = []
+    for name in names:
+        scans = args.scan_backends.split(",") if name in MAMBA_BACKBONES else ["-"]
+        for scan in scans:
+            torch.manual_seed(0)
+            model = _object_backbone(name, "torch" if scan == "-" else scan).to(device).train()
+            points = 0.4 * torch.nn.functional.normalize(torch.randn(args.batch, args.points, 3, device=device), dim=-1)
+
+            def step(model=model, points=points):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                    out = model(points)
+                out.last_hidden_state.float().square().mean().backward()
+                model.zero_grad(set_to_none=True)
+
+            result = _time_step(step, device, args.warmup, args.repeats)
+            row = {"benchmark": "backbones", "model": name, "selective_scan": scan, "batch": args.batch,
+                   "points": args.points, "bf16": args.bf16, "device": device.type,
+                   "params_M": sum(p.numel() for p in model.parameters()) / 1e6, **result}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _time_step(step, device: torch.device, warmup: int, repeats: int) -> dict:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    result = {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
+    if device.type == "cuda":
+        result["peak_mem_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +160,18 @@ def main(argv: list[str] | None = None) -> None:
     p_render.add_argument("--repeats", type=int, default=20)
     p_render.add_argument("--warmup", type=int, default=3)
     p_render.add_argument("--output", default=None, help="also write the results as JSON to this file")
+    p_render.set_defaults(func=bench_render)
+    p_bb = sub.add_parser("backbones", help="object backbones, forward + backward at the paper's batch size")
+    p_bb.add_argument("--models", default=None, help=f"comma-separated subset of {','.join(OBJECT_BACKBONES)}")
+    p_bb.add_argument("--scan-backends", default="torch,mamba_ssm", help="selective scan(s) for the Mamba models")
+    p_bb.add_argument("--batch", type=int, default=32)
+    p_bb.add_argument("--points", type=int, default=1024)
+    p_bb.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p_bb.add_argument("--device", default=None)
+    p_bb.add_argument("--repeats", type=int, default=10)
+    p_bb.add_argument("--warmup", type=int, default=2)
+    p_bb.add_argument("--output", default=None)
+    p_bb.set_defaults(func=bench_backbones)
     args = parser.parse_args(argv)
 
     header = {
@@ -115,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpu_threads": torch.get_num_threads(),
     }
     print(json.dumps(header), flush=True)
-    rows = bench_render(args)
+    rows = args.func(args)
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"environment": header, "command": " ".join(sys.argv), "results": rows}, f, indent=1)
