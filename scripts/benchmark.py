@@ -150,6 +150,46 @@ def _time_step(step, device: torch.device, warmup: int, repeats: int) -> dict:
     return result
 
 
+def bench_data(args) -> list[dict]:
+    """Rows/s of the dataset + collator path on CPU: a DataLoader over the mini sets (built first when missing)."""
+    from torch.utils.data import DataLoader
+
+    from unipre3d_hf.data import ObjectPretrainingCollator, ScenePretrainingCollator, load_mini_dataset
+
+    settings = {
+        "object": ("objects-mini", lambda: ObjectPretrainingCollator(num_points=1024), 32),
+        "scene": ("scenes-mini", lambda: ScenePretrainingCollator(), 4),
+    }
+    names = list(settings) if args.workload == "all" else [args.workload]
+    rows = []
+    for name in names:
+        dataset_name, make_collator, batch_size = settings[name]
+        batch_size = args.batch_size or batch_size
+        for streaming in (False, True):
+            ds = load_mini_dataset(dataset_name, root=args.root, streaming=streaming)
+            if streaming:
+                ds = ds.repeat(None)
+            loader = DataLoader(
+                ds, batch_size=batch_size, collate_fn=make_collator(),
+                num_workers=args.workers, sampler=None if streaming else torch.utils.data.RandomSampler(
+                    ds, replacement=True, num_samples=batch_size * (args.batches + 1)),
+            )  # fmt: skip
+            it = iter(loader)
+            next(it)  # warm-up (worker start, first decode)
+            start = time.perf_counter()
+            for _ in range(args.batches):
+                next(it)
+            seconds = time.perf_counter() - start
+            row = {
+                "benchmark": "data", "workload": name, "dataset": dataset_name, "streaming": streaming,
+                "batch_size": batch_size, "workers": args.workers, "batches": args.batches,
+                "rows_per_s": batch_size * args.batches / seconds, "ms_per_batch": 1e3 * seconds / args.batches,
+            }  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +212,14 @@ def main(argv: list[str] | None = None) -> None:
     p_bb.add_argument("--warmup", type=int, default=2)
     p_bb.add_argument("--output", default=None)
     p_bb.set_defaults(func=bench_backbones)
+    p_data = sub.add_parser("data", help="rows/s of the dataset + collator path (CPU)")
+    p_data.add_argument("--workload", choices=["object", "scene", "all"], default="all")
+    p_data.add_argument("--root", default="data", help="folder holding objects-mini / scenes-mini")
+    p_data.add_argument("--batch-size", type=int, default=None, help="default 32 objects / 4 scenes")
+    p_data.add_argument("--batches", type=int, default=10)
+    p_data.add_argument("--workers", type=int, default=0)
+    p_data.add_argument("--output", default=None, help="also write the results as JSON to this file")
+    p_data.set_defaults(func=bench_data)
     args = parser.parse_args(argv)
 
     header = {

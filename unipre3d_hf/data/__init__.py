@@ -1,1 +1,61 @@
-"""HF Datasets schemas, converters (ShapeNet multi-view, ScanNet), built-in mini sets, transforms and collators."""
+"""Pre-training data: schemas, converters (ShapeNet multi-view, ScanNet), built-in mini sets, view selection,
+transforms and collators.
+
+Importing this package never imports pybullet (only the mini-set builders need it, and import it when called).
+"""
+
+from .collators import CorruptSampleError, ObjectPretrainingCollator, ScenePretrainingCollator, decode_image
+from .mini import OBJECT_MESHES, SCENE_CLASSES, build_objects_mini, build_scenes_mini, load_mini_dataset
+from .sampling import ObjectViewSampler, SceneViewSampler
+from .scannet import convert_scannet, read_scannet_scene
+from .schemas import (
+    DEPTH_SCALE,
+    OBJECT_FEATURES,
+    SCENE_FEATURES,
+    BuildSummary,
+    ShardedParquetWriter,
+    load_pretraining_dataset,
+    write_dataset_card,
+)
+from .shapenet import convert_shapenet, list_shapenet_objects, read_shapenet_object, shapenet_split
+from .transforms import (
+    SceneAugmentation,
+    apply_rigid_transform,
+    center_points_and_cameras,
+    farthest_point_sample,
+    random_object_rotation,
+    shapenet_axis_remap,
+)
+
+__all__ = [
+    "OBJECT_FEATURES",
+    "SCENE_FEATURES",
+    "DEPTH_SCALE",
+    "BuildSummary",
+    "ShardedParquetWriter",
+    "write_dataset_card",
+    "load_pretraining_dataset",
+    "load_mini_dataset",
+    "build_objects_mini",
+    "build_scenes_mini",
+    "OBJECT_MESHES",
+    "SCENE_CLASSES",
+    "convert_shapenet",
+    "list_shapenet_objects",
+    "read_shapenet_object",
+    "shapenet_split",
+    "convert_scannet",
+    "read_scannet_scene",
+    "ObjectViewSampler",
+    "SceneViewSampler",
+    "ObjectPretrainingCollator",
+    "ScenePretrainingCollator",
+    "CorruptSampleError",
+    "decode_image",
+    "SceneAugmentation",
+    "apply_rigid_transform",
+    "center_points_and_cameras",
+    "farthest_point_sample",
+    "random_object_rotation",
+    "shapenet_axis_remap",
+]
