@@ -19,6 +19,11 @@ _LAZY_NAMES = {
     "Gaussians": "rendering",
     "RenderOutput": "rendering",
     "render": "rendering",
+    "SparseUNetConfig": "configuration.sparse_unet",
+    "SparseUNetModel": "modeling.sparse_unet",
+    "PTv3Config": "configuration.ptv3",
+    "PTv3Model": "modeling.ptv3",
+    "SparseVoxels": "ops.sparse_conv",
     "is_gsplat_available": "utils",
     "is_spconv_available": "utils",
     "is_mamba_ssm_available": "utils",
@@ -31,6 +36,11 @@ _LAZY_NAMES = {
 __all__ = ["__version__", *_LAZY_NAMES]
 
 if TYPE_CHECKING:
+    from .configuration.ptv3 import PTv3Config  # noqa: F401
+    from .configuration.sparse_unet import SparseUNetConfig  # noqa: F401
+    from .modeling.ptv3 import PTv3Model  # noqa: F401
+    from .modeling.sparse_unet import SparseUNetModel  # noqa: F401
+    from .ops.sparse_conv import SparseVoxels  # noqa: F401
     from .rendering import Cameras, Gaussians, RenderOutput, render  # noqa: F401
     from .utils import (  # noqa: F401
         is_diff_gaussian_rasterization_available,
@@ -44,7 +54,10 @@ if TYPE_CHECKING:
 
 
 # (configuration module, config class, modeling module, model class) registered with AutoConfig / AutoModel
-_AUTO_MODELS: list[tuple[str, str, str, str]] = []
+_AUTO_MODELS: list[tuple[str, str, str, str]] = [
+    ("sparse_unet", "SparseUNetConfig", "sparse_unet", "SparseUNetModel"),
+    ("ptv3", "PTv3Config", "ptv3", "PTv3Model"),
+]
 
 
 def _register_with_auto_classes() -> None:
