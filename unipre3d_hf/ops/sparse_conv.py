@@ -13,6 +13,8 @@ with the other. The index conventions are spconv's (checked against spconv in ``
     (``padding`` is ignored, as spconv does for submanifold convs);
   - strided conv (kernel k, stride s, padding p): input ``i`` feeds output ``o`` through offset ``k`` when
     ``o * s - p + k = i`` (per axis); the outputs are every cell reached;
+  - 1x1x1 convs: spconv multiplies by ``weight.view(in, out)`` (the raw storage read as [in, out], not the transpose
+    of ``weight[:, 0, 0, 0, :]``); the torch twin does the same;
   - inverse conv: the transpose of the strided conv registered under the same ``indice_key``; its outputs are that
     conv's input voxels, in the same row order.
 
@@ -292,6 +294,9 @@ class SparseVoxels:
         )
 
     def from_spconv(self, tensor) -> SparseVoxels:
+        # spconv may hand its output a copy of the indice dict: keep every map it built in our shared cache
+        if tensor.indice_dict is not self.kernel_maps:
+            self.kernel_maps.update(tensor.indice_dict)
         same = tensor.indices.shape[0] == self.num_voxels and tensor.spatial_shape == self.spatial_shape
         if same:  # submanifold conv: same voxels, same rows
             return replace(self, features=tensor.features)
@@ -387,6 +392,12 @@ class SubMConv3d(_SparseConvBase):
     _spconv_cls_name = "SubMConv3d"
 
     def _forward_torch(self, voxels):
+        if self.kernel_size == (1, 1, 1):
+            # spconv computes a 1x1x1 conv as `features @ weight.view(in, out)`: it reads the [out, 1, 1, 1, in]
+            # storage as an [in, out] matrix (spconv/pytorch/conv.py, the `conv1x1` branch, FILTER_HWIO False). We do
+            # the same so that spconv-trained checkpoints (Pointcept's SpUNet has 1x1 convs) give the same outputs.
+            out = voxels.features @ self.weight.reshape(self.in_channels, self.out_channels)
+            return voxels.replace_features(self._add_bias(out))
         kmap = self._cached_map(
             voxels, lambda: build_submanifold_map(voxels.batch_index, voxels.grid_coords, self.kernel_size)
         )
