@@ -13,11 +13,19 @@ render loop does) and ``torch`` (the pure-PyTorch backend).
 
 `backbones` times forward + backward of the four object backbones at their default (paper) size, B=32, N=1024, with
 the torch and mamba-ssm selective scans for Mamba3D and PCM; peak memory on CUDA.
+
+`backbones-scene` times forward + backward (loss = mean square of the output) of the Sparse UNet and PTv3 at their
+paper configurations on ScanNet-sized synthetic rooms (points on the walls of 6 x 5 x 3 m rooms, 2 cm voxels), batch
+1 and 4, with a chosen sparse-conv and attention backend:
+
+    python scripts/benchmark.py backbones-scene --sparse-conv spconv --attention auto
+    python scripts/benchmark.py backbones-scene --sparse-conv torch --attention torch --batch-sizes 1
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -190,6 +198,56 @@ def bench_data(args) -> list[dict]:
     return rows
 
 
+def synthetic_rooms(batch: int, points_per_scene: int, device: torch.device, seed: int = 0):
+    """Packed clouds: points on the six walls of 6 x 5 x 3 m rooms (surface density like ScanNet), 6 features."""
+    g = torch.Generator().manual_seed(seed)
+    size = torch.tensor([6.0, 5.0, 3.0])
+    coords, feats = [], []
+    for _ in range(batch):
+        face = torch.randint(0, 6, (points_per_scene,), generator=g)
+        p = torch.rand(points_per_scene, 3, generator=g) * size
+        axis = face // 2
+        p[torch.arange(points_per_scene), axis] = (face % 2).float() * size[axis]
+        coords.append(p)
+        feats.append(torch.randn(points_per_scene, 6, generator=g))
+    offsets = torch.arange(1, batch + 1) * points_per_scene
+    return torch.cat(coords).to(device), torch.cat(feats).to(device), offsets.to(device)
+
+
+def _scene_step(model, coords, feats, offsets) -> int:
+    model.zero_grad(set_to_none=True)
+    out = model(coords, feats, offsets)
+    out.last_hidden_state.square().mean().backward()
+    return out.last_hidden_state.shape[0]
+
+
+def bench_backbones_scene(args) -> list[dict]:
+    from unipre3d_hf import PTv3Config, PTv3Model, SparseUNetConfig, SparseUNetModel
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    builders = {
+        "sparse_unet": lambda: SparseUNetModel(SparseUNetConfig(sparse_conv_backend=args.sparse_conv)),
+        "ptv3": lambda: PTv3Model(PTv3Config(sparse_conv_backend=args.sparse_conv, attention_backend=args.attention)),
+    }
+    names = list(builders) if args.models == "all" else args.models.split(",")
+    rows = []
+    for name in names:
+        model = builders[name]().to(device).train()
+        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+            coords, feats, offsets = synthetic_rooms(batch, args.points, device)
+            voxels = _scene_step(model, coords, feats, offsets)
+            step = functools.partial(_scene_step, model, coords, feats, offsets)
+            result = _time_step(step, device, args.warmup, args.repeats)
+            row = {
+                "benchmark": "backbones-scene", "model": name, "batch": batch, "points_per_scene": args.points,
+                "voxels": voxels, "sparse_conv": args.sparse_conv,
+                "attention": args.attention if name == "ptv3" else None, "device": str(device), **result,
+            }  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +278,17 @@ def main(argv: list[str] | None = None) -> None:
     p_data.add_argument("--workers", type=int, default=0)
     p_data.add_argument("--output", default=None, help="also write the results as JSON to this file")
     p_data.set_defaults(func=bench_data)
+    p_scene = sub.add_parser("backbones-scene", help="Sparse UNet and PTv3, forward + backward on synthetic rooms")
+    p_scene.add_argument("--models", default="all", help="all, or a comma-separated subset of sparse_unet,ptv3")
+    p_scene.add_argument("--sparse-conv", choices=["auto", "torch", "spconv"], default="auto")
+    p_scene.add_argument("--attention", choices=["auto", "torch", "torch_varlen", "flash_attn"], default="auto")
+    p_scene.add_argument("--batch-sizes", default="1,4", help="scenes per batch, comma-separated")
+    p_scene.add_argument("--points", type=int, default=150_000, help="points per scene (about 140k voxels at 2 cm)")
+    p_scene.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p_scene.add_argument("--repeats", type=int, default=10)
+    p_scene.add_argument("--warmup", type=int, default=2)
+    p_scene.add_argument("--output", default=None, help="also write the results as JSON to this file")
+    p_scene.set_defaults(func=bench_backbones_scene)
     args = parser.parse_args(argv)
 
     header = {

@@ -28,6 +28,11 @@ _LAZY_NAMES = {
     "Gaussians": "rendering",
     "RenderOutput": "rendering",
     "render": "rendering",
+    "SparseUNetConfig": "configuration.sparse_unet",
+    "SparseUNetModel": "modeling.sparse_unet",
+    "PTv3Config": "configuration.ptv3",
+    "PTv3Model": "modeling.ptv3",
+    "SparseVoxels": "ops.sparse_conv",
     "is_gsplat_available": "utils",
     "is_spconv_available": "utils",
     "is_mamba_ssm_available": "utils",
@@ -44,11 +49,16 @@ if TYPE_CHECKING:
     from .configuration.pcm import PCMConfig  # noqa: F401
     from .configuration.point_transformer import PointTransformerConfig  # noqa: F401
     from .configuration.pointmlp import PointMLPConfig  # noqa: F401
+    from .configuration.ptv3 import PTv3Config  # noqa: F401
+    from .configuration.sparse_unet import SparseUNetConfig  # noqa: F401
     from .modeling.mamba3d import Mamba3DModel  # noqa: F401
     from .modeling.outputs import PointBackboneOutput  # noqa: F401
     from .modeling.pcm import PCMModel  # noqa: F401
     from .modeling.point_transformer import PointTransformerModel  # noqa: F401
     from .modeling.pointmlp import PointMLPModel  # noqa: F401
+    from .modeling.ptv3 import PTv3Model  # noqa: F401
+    from .modeling.sparse_unet import SparseUNetModel  # noqa: F401
+    from .ops.sparse_conv import SparseVoxels  # noqa: F401
     from .rendering import Cameras, Gaussians, RenderOutput, render  # noqa: F401
     from .utils import (  # noqa: F401
         is_diff_gaussian_rasterization_available,
@@ -67,6 +77,8 @@ _AUTO_MODELS: list[tuple[str, str, str, str]] = [
     ("point_transformer", "PointTransformerConfig", "point_transformer", "PointTransformerModel"),
     ("mamba3d", "Mamba3DConfig", "mamba3d", "Mamba3DModel"),
     ("pcm", "PCMConfig", "pcm", "PCMModel"),
+    ("sparse_unet", "SparseUNetConfig", "sparse_unet", "SparseUNetModel"),
+    ("ptv3", "PTv3Config", "ptv3", "PTv3Model"),
 ]
 
 

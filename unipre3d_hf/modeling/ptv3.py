@@ -1,0 +1,356 @@
+"""Point Transformer V3 scene backbone: Pointcept's PT-v3m1 as UniPre3D pre-trains it (method reference section 2.7).
+
+Adapted (re-written, same architecture and parameter count) from Pointcept
+(https://github.com/Pointcept/PointTransformerV3, ``model.py``; Wu et al., CVPR 2024):
+  - embedding: SubMConv3d(k5, no bias) + BatchNorm + GELU;
+  - blocks: CPE (SubMConv3d(k3, bias) + Linear + LayerNorm, residual), pre-LN serialized patch attention and a 4x MLP,
+    each a residual with DropPath; block ``i`` of a stage attends along order ``i mod len(order)``;
+  - serialized pooling (stride 2: merge 2x2x2 cells = ``code >> 3``): Linear, segment max of features, mean of
+    coordinates, BatchNorm + GELU; serialized unpooling: Linear + BN + GELU of the coarse features scattered back,
+    added to Linear + BN + GELU of the skip.
+
+Differences from Pointcept (none changes the parameters): voxelization inside the model; several scenes per batch
+everywhere, including the fusion hook; serialization depth fixed at 16 bits so that a scene's order does not depend on
+its batch; patches identical for every attention backend (``unipre3d_hf.ops.attention``); order shuffling only in
+training (Pointcept also shuffles in eval, which makes eval outputs random); no RPE (off in the paper) and no
+attention dropout (0 in the paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from ..configuration.ptv3 import PTv3Config
+from ..ops.attention import PatchLayout, build_patches, resolve_attention_backend, serialized_patch_attention
+from ..ops.serialization import serialize
+from ..ops.sparse_conv import SparseVoxels, SubMConv3d, _SparseConvBase
+from ..ops.voxelize import segment_max, segment_mean
+from .layers import DropPath
+from .outputs import PointBackboneOutput
+from .sparse_unet import FusionHook, apply_fusion_hook, embed_scene
+
+
+@dataclass
+class PTv3Level:
+    """The voxels of one resolution and their serializations.
+
+    Attributes:
+        voxels: the voxels (geometry and the CPE kernel-map cache; its ``features`` are not used).
+        coords: ``[N, 3]`` continuous positions (mean of the merged voxels at coarse levels).
+        codes: ``[O, N]`` serialization codes, one row per order (scene in the high bits).
+        order: ``[O, N]`` rows sorted by code; ``inverse``: ``[O, N]`` position of each row in ``order``.
+        counts: ``[B]`` voxels per scene.
+    """
+
+    voxels: SparseVoxels
+    coords: torch.Tensor
+    codes: torch.Tensor
+    order: torch.Tensor = field(init=False)
+    inverse: torch.Tensor = field(init=False)
+    counts: torch.Tensor = field(init=False)
+    layouts: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.order = torch.argsort(self.codes, dim=1)
+        self.inverse = torch.empty_like(self.order).scatter_(
+            1, self.order, torch.arange(self.codes.shape[1], device=self.codes.device).expand_as(self.order)
+        )
+        self.counts = torch.bincount(self.voxels.batch_index, minlength=self.voxels.batch_size)
+
+    def shuffle_orders(self) -> None:
+        perm = torch.randperm(self.codes.shape[0], device=self.codes.device)
+        self.codes, self.order, self.inverse = self.codes[perm], self.order[perm], self.inverse[perm]
+
+    def patches(self, patch_size: int) -> PatchLayout:
+        if patch_size not in self.layouts:
+            self.layouts[patch_size] = build_patches(self.counts, patch_size)
+        return self.layouts[patch_size]
+
+
+class PTv3Attention(nn.Module):
+    def __init__(self, channels: int, num_heads: int, patch_size: int, config: PTv3Config):
+        super().__init__()
+        self.num_heads, self.patch_size = num_heads, patch_size
+        self.scale = config.qk_scale if config.qk_scale is not None else (channels // num_heads) ** -0.5
+        self.qkv = nn.Linear(channels, channels * 3, bias=config.qkv_bias)
+        self.proj = nn.Linear(channels, channels)
+        self.proj_drop = nn.Dropout(config.proj_drop)
+        self.backend = "torch"  # set by PTv3Model.forward from config.attention_backend and the device
+
+    def forward(self, features: torch.Tensor, level: PTv3Level, order_index: int) -> torch.Tensor:
+        n, c = features.shape
+        qkv = self.qkv(features).view(n, 3, self.num_heads, c // self.num_heads)
+        out = serialized_patch_attention(
+            qkv, level.order[order_index], level.inverse[order_index], level.counts, self.patch_size,
+            scale=self.scale, backend=self.backend, layout=level.patches(self.patch_size),
+        )  # fmt: skip
+        return self.proj_drop(self.proj(out.reshape(n, c)))
+
+
+class PTv3MLP(nn.Module):
+    def __init__(self, channels: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, channels)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class PTv3Block(GradientCheckpointingLayer):
+    def __init__(self, channels: int, num_heads: int, patch_size: int, drop_path: float, config: PTv3Config):
+        super().__init__()
+        self.pre_norm = config.pre_norm
+        self.cpe_conv = SubMConv3d(channels, channels, 3, padding=1, bias=True, indice_key="cpe")
+        self.cpe_linear = nn.Linear(channels, channels)
+        self.cpe_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        self.norm1 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        self.attn = PTv3Attention(channels, num_heads, patch_size, config)
+        self.norm2 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        self.mlp = PTv3MLP(channels, int(channels * config.mlp_ratio), config.proj_drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, features: torch.Tensor, level: PTv3Level, order_index: int) -> torch.Tensor:
+        cpe = self.cpe_conv(level.voxels.replace_features(features)).features
+        features = features + self.cpe_norm(self.cpe_linear(cpe))
+        x = self.norm1(features) if self.pre_norm else features
+        features = features + self.drop_path(self.attn(x, level, order_index))
+        if not self.pre_norm:
+            features = self.norm1(features)
+        x = self.norm2(features) if self.pre_norm else features
+        features = features + self.drop_path(self.mlp(x))
+        if not self.pre_norm:
+            features = self.norm2(features)
+        return features
+
+
+class PTv3Pooling(nn.Module):
+    """Serialized pooling: merge the voxels of each ``stride^3`` cell (the code shifted right by 3 bits per halving)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, config: PTv3Config):
+        super().__init__()
+        self.shift = stride.bit_length() - 1  # log2(stride)
+        self.proj = nn.Linear(in_channels, out_channels)
+        self.norm = nn.BatchNorm1d(out_channels, eps=config.bn_eps, momentum=config.bn_momentum)
+        self.act = nn.GELU()
+
+    def forward(self, features: torch.Tensor, level: PTv3Level, shuffle: bool):
+        """Returns ``(coarse features [M, C_out], coarse level, cluster [N] (coarse row of each fine row))``."""
+        code0 = level.codes[0] >> (3 * self.shift)
+        _, cluster = torch.unique(code0, sorted=True, return_inverse=True)
+        m = int(cluster.max()) + 1
+        rows = torch.arange(code0.numel(), device=code0.device)
+        head = torch.full((m,), code0.numel(), dtype=torch.long, device=code0.device)
+        head.scatter_reduce_(0, cluster, rows, reduce="amin")
+        voxels = level.voxels
+        coarse_voxels = SparseVoxels(
+            features=features.new_zeros(m, 0),
+            grid_coords=voxels.grid_coords[head] >> self.shift,
+            batch_index=voxels.batch_index[head],
+            batch_size=voxels.batch_size,
+            backend=voxels.backend,
+        )
+        coarse = PTv3Level(
+            coarse_voxels, segment_mean(level.coords, cluster, m), level.codes[:, head] >> (3 * self.shift)
+        )
+        if shuffle:
+            coarse.shuffle_orders()
+        pooled = segment_max(self.proj(features), cluster, m)
+        return self.act(self.norm(pooled)), coarse, cluster
+
+
+class PTv3Unpooling(nn.Module):
+    """Serialized unpooling: ``LBG(skip) + LBG(coarse)[cluster]`` with LBG = Linear + BatchNorm + GELU."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, config: PTv3Config):
+        super().__init__()
+        eps, momentum = config.bn_eps, config.bn_momentum
+        self.proj = nn.Sequential(
+            nn.Linear(in_channels, out_channels), nn.BatchNorm1d(out_channels, eps=eps, momentum=momentum), nn.GELU()
+        )
+        self.proj_skip = nn.Sequential(
+            nn.Linear(skip_channels, out_channels), nn.BatchNorm1d(out_channels, eps=eps, momentum=momentum), nn.GELU()
+        )
+
+    def forward(self, coarse: torch.Tensor, skip: torch.Tensor, cluster: torch.Tensor) -> torch.Tensor:
+        return self.proj_skip(skip) + self.proj(coarse)[cluster]
+
+
+class PTv3Stage(nn.Module):
+    def __init__(self, channels, depth, num_heads, patch_size, drop_paths, config, pooling=None, unpooling=None):
+        super().__init__()
+        self.pooling = pooling
+        self.unpooling = unpooling
+        self.blocks = nn.ModuleList(
+            PTv3Block(channels, num_heads, patch_size, drop_paths[i], config) for i in range(depth)
+        )
+
+    def run_blocks(self, features: torch.Tensor, level: PTv3Level) -> torch.Tensor:
+        num_orders = level.codes.shape[0]
+        for i, block in enumerate(self.blocks):
+            features = block(features, level, i % num_orders)
+        return features
+
+
+class PTv3PreTrainedModel(PreTrainedModel):
+    config_class = PTv3Config
+    base_model_prefix = "ptv3"
+    main_input_name = "coords"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PTv3Block"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """trunc-normal(0.02) for Linear and sparse-conv weights, zero biases; BatchNorm/LayerNorm weight 1, bias 0."""
+        if isinstance(module, (nn.Linear, _SparseConvBase)):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.LayerNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def _linspace(stop: float, n: int) -> list[float]:
+    return torch.linspace(0, stop, n).tolist() if n > 0 else []
+
+
+class PTv3Model(PTv3PreTrainedModel):
+    """Point Transformer V3 over voxelized scenes. Input: packed clouds; output: one ``dec_channels[0]`` feature per
+    voxel.
+
+    Fusion point: ``"early"``. ``fusion_hook(voxels: SparseVoxels) -> SparseVoxels`` is called once, right after the
+    embedding (``enc_channels[0]`` features), and may append voxels (``SparseVoxels.append``); the union is then
+    serialized and sparsified anew and the whole encoder-decoder runs on it.
+    """
+
+    fusion_point = "early"
+
+    def __init__(self, config: PTv3Config):
+        super().__init__(config)
+        eps, momentum = config.bn_eps, config.bn_momentum
+        self.stem_conv = SubMConv3d(
+            config.in_channels, config.enc_channels[0], config.stem_kernel_size, padding=1, bias=False,
+            indice_key="stem",
+        )  # fmt: skip
+        self.stem_norm = nn.BatchNorm1d(config.enc_channels[0], eps=eps, momentum=momentum)
+        self.stem_act = nn.GELU()
+        num_stages = len(config.enc_depths)
+        enc_dpr = _linspace(config.drop_path, sum(config.enc_depths))
+        self.enc = nn.ModuleList()
+        for s in range(num_stages):
+            pooling = None
+            if s > 0:
+                pooling = PTv3Pooling(config.enc_channels[s - 1], config.enc_channels[s], config.stride[s - 1], config)
+            lo = sum(config.enc_depths[:s])
+            self.enc.append(
+                PTv3Stage(
+                    config.enc_channels[s],
+                    config.enc_depths[s],
+                    config.enc_num_head[s],
+                    config.enc_patch_size[s],
+                    enc_dpr[lo : lo + config.enc_depths[s]],
+                    config,
+                    pooling=pooling,
+                )  # fmt: skip
+            )
+        dec_dpr = _linspace(config.drop_path, sum(config.dec_depths))
+        dec_channels = list(config.dec_channels) + [config.enc_channels[-1]]
+        self.dec = nn.ModuleList()
+        for s in range(num_stages - 1):
+            lo = sum(config.dec_depths[:s])
+            rates = dec_dpr[lo : lo + config.dec_depths[s]][::-1]
+            unpooling = PTv3Unpooling(dec_channels[s + 1], config.enc_channels[s], dec_channels[s], config)
+            self.dec.append(
+                PTv3Stage(
+                    dec_channels[s],
+                    config.dec_depths[s],
+                    config.dec_num_head[s],
+                    config.dec_patch_size[s],
+                    rates,
+                    config,
+                    unpooling=unpooling,
+                )  # fmt: skip
+            )
+        self.post_init()
+
+    def _serialize(self, voxels: SparseVoxels, coords: torch.Tensor) -> PTv3Level:
+        codes = torch.stack([serialize(voxels.grid_coords, voxels.batch_index, o) for o in self.config.order])
+        level = PTv3Level(voxels, coords, codes)
+        if self.training and self.config.shuffle_orders:
+            level.shuffle_orders()
+        return level
+
+    def forward(
+        self,
+        coords: torch.Tensor,
+        features: torch.Tensor,
+        offsets: torch.Tensor,
+        fusion_hook: FusionHook | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> PointBackboneOutput | tuple:
+        r"""
+        Args:
+            coords: ``[P, 3]`` xyz in metres, scene after scene.
+            features: ``[P, in_channels]`` per-point features.
+            offsets: ``[B]`` int64 cumulative point counts (``offsets[-1] == P``).
+            fusion_hook: optional callable ``SparseVoxels -> SparseVoxels`` run after the embedding.
+            output_hidden_states: also return the features after the embedding (post-hook), each encoder stage and
+                each decoder stage.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        attention_backend = resolve_attention_backend(self.config.attention_backend, features.device)
+        for module in self.modules():
+            if isinstance(module, PTv3Attention):
+                module.backend = attention_backend
+        voxels, point_to_token = embed_scene(self.config, coords, features, offsets, self.training)
+        x = self.stem_conv(voxels)
+        x = x.replace_features(self.stem_act(self.stem_norm(x.features)))
+        x, point_to_token = apply_fusion_hook(x, fusion_hook, point_to_token)
+        anchors, batch_index = x.coords, x.batch_index
+        shuffle = self.training and self.config.shuffle_orders
+        levels = [self._serialize(x, x.coords)]
+        feats = x.features
+        hidden = [feats]
+        skips, clusters = [], []
+        for stage in self.enc:
+            if stage.pooling is not None:
+                skips.append(feats)
+                feats, level, cluster = stage.pooling(feats, levels[-1], shuffle)
+                levels.append(level)
+                clusters.append(cluster)
+            feats = stage.run_blocks(feats, levels[-1])
+            hidden.append(feats)
+        for s in reversed(range(len(self.dec))):
+            stage = self.dec[s]
+            feats = stage.unpooling(feats, skips.pop(), clusters.pop())
+            feats = stage.run_blocks(feats, levels[s])
+            hidden.append(feats)
+        pooled = segment_max(feats, batch_index, offsets.numel())
+        hidden_states = tuple(hidden) if output_hidden_states else None
+        if not return_dict:
+            return tuple(
+                v for v in (feats, anchors, pooled, batch_index, point_to_token, hidden_states) if v is not None
+            )
+        return PointBackboneOutput(
+            last_hidden_state=feats,
+            anchor_points=anchors,
+            pooler_output=pooled,
+            batch_index=batch_index,
+            point_to_token=point_to_token,
+            hidden_states=hidden_states,
+        )
+
+
+__all__ = ["PTv3Model", "PTv3PreTrainedModel"]

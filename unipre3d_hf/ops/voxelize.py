@@ -1,0 +1,155 @@
+"""Voxelization (grid sampling) of packed point clouds, several scenes per batch.
+
+Follows Pointcept's ``GridSample`` transform (``grid_coord = floor((p - min(p)) / grid_size)`` per scene, one point kept
+per voxel) but runs inside the model, batched over scenes with torch's sort/unique/scatter_reduce: no Python loop over
+scenes or points, no hashing library.
+
+Which point represents a voxel: in training a uniformly random point of the voxel (Pointcept's ``GridSample`` in
+train mode); otherwise (eval, or ``random_representative=False``) the first point of the voxel in input order, so eval
+outputs are deterministic. The voxel's anchor is the mean of all its points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .sparse_conv import MAX_BATCH, MAX_GRID_COORD, pack_voxel_keys
+
+
+@dataclass
+class Voxelization:
+    """Result of ``voxelize``. T voxels, sorted by (scene, x, y, z).
+
+    Attributes:
+        grid_coords: ``[T, 3]`` int64 cell of each voxel, ``floor((p - scene_min) / grid_size)``.
+        batch_index: ``[T]`` int64 scene of each voxel.
+        point_to_voxel: ``[P]`` int64 voxel row of every input point.
+        representative: ``[T]`` int64 input row of the point whose features represent the voxel.
+        mean_coords: ``[T, 3]`` mean position of the voxel's points.
+        counts: ``[T]`` points per voxel.
+        scene_min: ``[B, 3]`` the per-scene minimum the grid starts at (needed to put new points on the same grid).
+    """
+
+    grid_coords: torch.Tensor
+    batch_index: torch.Tensor
+    point_to_voxel: torch.Tensor
+    representative: torch.Tensor
+    mean_coords: torch.Tensor
+    counts: torch.Tensor
+    scene_min: torch.Tensor
+
+
+def offsets_to_batch_index(offsets: torch.Tensor, num_points: int) -> torch.Tensor:
+    """``[P]`` scene index of each point from cumulative ``offsets [B]`` (Pointcept's ``offset2batch``)."""
+    counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
+    return torch.repeat_interleave(torch.arange(offsets.numel(), device=offsets.device), counts, output_size=num_points)
+
+
+def check_packed_points(coords: torch.Tensor, features: torch.Tensor | None, offsets: torch.Tensor) -> None:
+    """Validate packed inputs; raise ValueError naming the field and the expected shape."""
+    if not isinstance(coords, torch.Tensor) or coords.ndim != 2 or coords.shape[1] != 3:
+        shape = tuple(coords.shape) if isinstance(coords, torch.Tensor) else type(coords).__name__
+        raise ValueError(f"`coords` must be a float tensor of shape [P, 3] (xyz in metres), got {shape}")
+    if not coords.is_floating_point():
+        raise ValueError(f"`coords` must be a floating-point tensor, got dtype {coords.dtype}")
+    if not torch.isfinite(coords).all():
+        raise ValueError("`coords` contains NaN or infinite values")
+    if not isinstance(offsets, torch.Tensor) or offsets.ndim != 1 or offsets.numel() == 0:
+        raise ValueError("`offsets` must be a 1-D int64 tensor [B] of cumulative point counts (e.g. [3000, 8000])")
+    if offsets.is_floating_point() or offsets.dtype == torch.bool:
+        raise ValueError(f"`offsets` must be an integer (int64) tensor [B], got dtype {offsets.dtype}")
+    counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
+    if (counts <= 0).any():
+        raise ValueError(
+            f"`offsets` must be strictly increasing cumulative counts starting above 0 (no empty scene), got "
+            f"{offsets.tolist() if offsets.numel() <= 16 else 'a tensor with an empty scene'}"
+        )
+    if int(offsets[-1]) != coords.shape[0]:
+        raise ValueError(f"`offsets[-1]` must equal the number of points P = {coords.shape[0]}, got {int(offsets[-1])}")
+    if offsets.numel() > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} scenes per batch, got {offsets.numel()}")
+    if features is not None:
+        if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != coords.shape[0]:
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"`features` must have shape [P, C] with P = {coords.shape[0]} (as coords), got {shape}")
+        if not torch.isfinite(features).all():
+            raise ValueError("`features` contains NaN or infinite values")
+
+
+def voxelize(
+    coords: torch.Tensor,
+    offsets: torch.Tensor,
+    grid_size: float,
+    random_representative: bool = False,
+    generator: torch.Generator | None = None,
+) -> Voxelization:
+    """Grid-sample packed clouds.
+
+    Args:
+        coords: ``[P, 3]`` xyz (metres), scene after scene.
+        offsets: ``[B]`` int64 cumulative point counts.
+        grid_size: voxel edge (metres).
+        random_representative: pick a uniformly random point per voxel (training) instead of the first one.
+        generator: optional RNG for the random choice.
+    Returns:
+        a ``Voxelization`` with T voxels sorted by (scene, x, y, z).
+    """
+    check_packed_points(coords, None, offsets)
+    if grid_size <= 0:
+        raise ValueError(f"`grid_size` must be positive, got {grid_size}")
+    num_points = coords.shape[0]
+    batch = offsets_to_batch_index(offsets, num_points)
+    num_scenes = offsets.numel()
+    scene_min = coords.new_full((num_scenes, 3), float("inf")).scatter_reduce(
+        0, batch[:, None].expand(-1, 3), coords, reduce="amin"
+    )
+    grid = torch.floor((coords - scene_min[batch]) / grid_size).long()
+    if grid.max() >= MAX_GRID_COORD:
+        raise ValueError(
+            f"a scene spans {int(grid.max()) + 1} voxels of {grid_size} m along an axis; at most {MAX_GRID_COORD} "
+            "are supported: increase `grid_size` or split the scene"
+        )
+    keys = pack_voxel_keys(batch, grid)
+    uniq, point_to_voxel, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
+    num_voxels = uniq.numel()
+    rows = torch.arange(num_points, device=coords.device)
+    if random_representative:
+        # random priority per point; the point of least priority in each voxel wins
+        prio = torch.rand(num_points, device=coords.device, generator=generator)
+        best = torch.full((num_voxels,), 2.0, device=coords.device).scatter_reduce(
+            0, point_to_voxel, prio, reduce="amin"
+        )
+        winner = prio == best[point_to_voxel]
+        representative = torch.full((num_voxels,), num_points, dtype=torch.long, device=coords.device)
+        representative.scatter_reduce_(0, point_to_voxel[winner], rows[winner], reduce="amin")
+    else:
+        representative = torch.full((num_voxels,), num_points, dtype=torch.long, device=coords.device)
+        representative.scatter_reduce_(0, point_to_voxel, rows, reduce="amin")
+    sums = coords.new_zeros(num_voxels, 3).index_add_(0, point_to_voxel, coords)
+    mean_coords = sums / counts[:, None].to(coords.dtype)
+    return Voxelization(
+        grid_coords=grid[representative],
+        batch_index=batch[representative],
+        point_to_voxel=point_to_voxel,
+        representative=representative,
+        mean_coords=mean_coords,
+        counts=counts,
+        scene_min=scene_min,
+    )
+
+
+def segment_max(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """``[S, C]`` max of ``values [N, C]`` over rows with equal ``segment [N]`` (every segment must be non-empty)."""
+    out = values.new_zeros(num_segments, values.shape[1])
+    return out.scatter_reduce(0, segment[:, None].expand_as(values), values, reduce="amax", include_self=False)
+
+
+def segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """``[S, C]`` mean of ``values [N, C]`` over rows with equal ``segment [N]``."""
+    out = values.new_zeros(num_segments, values.shape[1])
+    return out.scatter_reduce(0, segment[:, None].expand_as(values), values, reduce="mean", include_self=False)
+
+
+__all__ = ["Voxelization", "check_packed_points", "offsets_to_batch_index", "segment_max", "segment_mean", "voxelize"]
