@@ -172,10 +172,11 @@ def _scan_chunk(
     length = x.shape[-2]
     k = 1
     while k < length:
-        # After this step, (a_t, x_t) composes the last 2k steps ending at t (fewer near the start).
-        x = torch.cat([x[..., :k, :], torch.addcmul(x[..., k:, :], a[..., k:, :], x[..., :-k, :])], dim=-2)
+        # After this step, (a_t, x_t) composes the last 2k steps ending at t (fewer near the start). Shifting by
+        # zero-padding (ones for the decays) keeps full-size ops whose backward is a cheap slice.
+        x = torch.addcmul(x, a, F.pad(x[..., :-k, :], (0, 0, k, 0)))
         if 2 * k < length:  # the last step does not need the composed decays
-            a = torch.cat([a[..., :k, :], a[..., k:, :] * a[..., :-k, :]], dim=-2)
+            a = a * F.pad(a[..., :-k, :], (0, 0, k, 0), value=1.0)
         k *= 2
     y = (x * C).sum(-1)
     return y, x[..., -1, :]
