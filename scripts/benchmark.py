@@ -4,6 +4,7 @@
     python scripts/benchmark.py render                       # both workloads, every backend available here
     python scripts/benchmark.py render --workload object --device cpu --methods torch --repeats 3
     python scripts/benchmark.py backbones --models pcm --scan-backends torch,mamba_ssm
+    python scripts/benchmark.py selective-scan --device cpu --repeats 3   # Mamba3D and PCM sizes
 
 `render` times forward + backward of one pre-training step's rendering:
   - object: 32 samples x 4 views, 1,024 Gaussians each, 128x128 (ShapeNet level);
@@ -248,6 +249,66 @@ def bench_backbones_scene(args) -> list[dict]:
     return rows
 
 
+def bench_selective_scan(args) -> list[dict]:
+    """Forward + backward of the selective scan (delta_softplus, D, z, delta_bias all on) at Mamba3D and PCM sizes.
+
+    Methods: ``torch`` (the chunked twin), ``naive`` (a Python loop over time, for comparison) and ``mamba_ssm``.
+    """
+    import torch.nn.functional as F
+
+    from unipre3d_hf.ops.selective_scan import selective_scan
+    from unipre3d_hf.utils import is_mamba_ssm_available
+
+    def naive(u, delta, A, B, C, D, z, delta_bias):
+        dt = F.softplus(delta + delta_bias[:, None])
+        h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+        ys = []
+        for dt_t, u_t, B_t, C_t in zip(dt.unbind(-1), u.unbind(-1), B.unbind(-1), C.unbind(-1)):
+            h = torch.exp(dt_t[..., None] * A) * h + (dt_t * u_t)[..., None] * B_t[:, None]
+            ys.append((h * C_t[:, None]).sum(-1))
+        return (torch.stack(ys, -1) + D[:, None] * u) * F.silu(z)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    methods = args.methods.split(",") if args.methods else None
+    if methods is None:
+        methods = ["torch", "naive"] + (["mamba_ssm"] if device.type == "cuda" and is_mamba_ssm_available() else [])
+    workloads = {"mamba3d": (32, 768, 129), "pcm": (32, 1536, 1036)}  # (batch, d_inner, L); d_state 16
+    names = list(workloads) if args.workload == "all" else [args.workload]
+    rows = []
+    for name in names:
+        batch, dim, length = workloads[name]
+        batch = args.batch or batch
+        gen = torch.Generator().manual_seed(0)
+        dt = 1e-3 * 100.0 ** torch.rand(dim, generator=gen)  # Mamba's dt init, log-uniform in [1e-3, 1e-1]
+        inputs = {
+            "u": torch.randn(batch, dim, length, generator=gen),
+            "delta": 0.5 * torch.randn(batch, dim, length, generator=gen),
+            "A": -torch.arange(1, 17, dtype=torch.float32).repeat(dim, 1),  # -exp(A_log), A_log = log(1..16)
+            "B": torch.randn(batch, 16, length, generator=gen),
+            "C": torch.randn(batch, 16, length, generator=gen),
+            "D": torch.ones(dim),
+            "z": torch.randn(batch, dim, length, generator=gen),
+            "delta_bias": dt + torch.log(-torch.expm1(-dt)),
+        }
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+
+        def step(method, inputs=inputs):
+            leaves = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
+            if method == "naive":
+                y = naive(**leaves)
+            else:
+                y = selective_scan(**leaves, delta_softplus=True, backend=method)
+            y.sum().backward()
+
+        for method in methods:
+            result = _time_step(functools.partial(step, method), device, args.warmup, args.repeats)
+            row = {"benchmark": "selective-scan", "workload": name, "batch": batch, "dim": dim, "L": length, "N": 16}
+            row.update({"method": method, "device": str(device), **result})
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +350,15 @@ def main(argv: list[str] | None = None) -> None:
     p_scene.add_argument("--warmup", type=int, default=2)
     p_scene.add_argument("--output", default=None, help="also write the results as JSON to this file")
     p_scene.set_defaults(func=bench_backbones_scene)
+    p_scan = sub.add_parser("selective-scan", help="Mamba selective scan, forward + backward")
+    p_scan.add_argument("--workload", choices=["mamba3d", "pcm", "all"], default="all")
+    p_scan.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p_scan.add_argument("--methods", default=None, help="comma-separated subset of torch,naive,mamba_ssm")
+    p_scan.add_argument("--batch", type=int, default=None, help="override the batch size (default: 32)")
+    p_scan.add_argument("--repeats", type=int, default=10)
+    p_scan.add_argument("--warmup", type=int, default=2)
+    p_scan.add_argument("--output", default=None, help="also write the results as JSON to this file")
+    p_scan.set_defaults(func=bench_selective_scan)
     args = parser.parse_args(argv)
 
     header = {
