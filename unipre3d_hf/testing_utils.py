@@ -30,6 +30,24 @@ def require_spconv(test_case):
     return unittest.skipUnless(import_utils.is_spconv_available(), "test needs spconv")(test_case)
 
 
+def is_spconv_cpu_build() -> bool:
+    """True when the installed spconv is the CPU build (distribution ``spconv``); the CUDA builds
+    (``spconv-cu12x``) refuse CPU tensors."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if not import_utils.is_spconv_available():
+        return False
+    try:
+        version("spconv")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def require_spconv_cpu(test_case):
+    return unittest.skipUnless(is_spconv_cpu_build(), "test needs spconv's CPU build")(test_case)
+
+
 def require_mamba_ssm(test_case):
     ok = import_utils.is_mamba_ssm_available() and _cuda_available()
     return unittest.skipUnless(ok, "test needs mamba-ssm and a CUDA device")(test_case)

@@ -1,7 +1,7 @@
 import torch
 
 from unipre3d_hf import SparseUNetConfig, SparseUNetModel
-from unipre3d_hf.utils import is_spconv_available
+from unipre3d_hf.testing_utils import require_spconv_cpu
 
 from .scene_backbone_checks import SceneBackboneChecks, two_scenes
 
@@ -34,11 +34,8 @@ class TestSparseUNet(SceneBackboneChecks):
             grads.append(model.enc[0].blocks[0].conv1.weight.grad)
         torch.testing.assert_close(grads[0], grads[1])
 
+    @require_spconv_cpu
     def test_spconv_cpu_model_matches_torch_twin(self):
-        if not is_spconv_available():
-            import pytest
-
-            pytest.skip("spconv (CPU build) not installed")
         coords, feats, offsets = two_scenes(300, 500)
         model = self.model().eval()
         threads = torch.get_num_threads()

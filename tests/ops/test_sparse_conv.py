@@ -12,7 +12,7 @@ from unipre3d_hf.ops.sparse_conv import (
     pack_voxel_keys,
     resolve_sparse_conv_backend,
 )
-from unipre3d_hf.utils import is_spconv_available
+from unipre3d_hf.testing_utils import require_spconv_cpu
 
 SIZE = 8  # dense reference grid per axis
 
@@ -122,7 +122,7 @@ def _conv_outputs(backend: str):
     return [h, c.features[sort], c.grid_coords[sort], out.features]
 
 
-@pytest.mark.skipif(not is_spconv_available(), reason="spconv (CPU build) not installed")
+@require_spconv_cpu
 def test_torch_twin_matches_spconv_cpu():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # spconv's CPU kernels are only correct single-threaded
