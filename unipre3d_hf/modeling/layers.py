@@ -66,8 +66,11 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
-def check_point_batch(points: torch.Tensor, features: torch.Tensor | None, *, min_points: int = 1) -> None:
-    """Validate the inputs of an object backbone: ``points [B, N, 3]`` finite, ``features [B, N, C]`` if given."""
+def check_point_batch(
+    points: torch.Tensor, features: torch.Tensor | None, *, min_points: int = 1, feature_channels: int = 0
+) -> None:
+    """Validate the inputs of an object backbone: ``points [B, N, 3]`` finite with N >= ``min_points``, and
+    ``features [B, N, feature_channels]`` exactly when the config declares extra channels."""
     if not isinstance(points, torch.Tensor) or points.ndim != 3 or points.shape[-1] != 3:
         shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
         raise ValueError(f"`points` must be a float tensor of shape [B, N, 3] (xyz), got {shape}")
@@ -85,6 +88,9 @@ def check_point_batch(points: torch.Tensor, features: torch.Tensor | None, *, mi
             )
         if not torch.isfinite(features).all():
             raise ValueError("`features` contains NaN or infinite values")
+    if (features.shape[-1] if features is not None else 0) != feature_channels:
+        got = None if features is None else features.shape[-1]
+        raise ValueError(f"`features` must have config.feature_channels={feature_channels} channels, got {got}")
 
 
 # --- PointMLP-style blocks (Ma et al. 2022, "Rethinking Network Design and Local Geometry in Point Cloud"), shared by

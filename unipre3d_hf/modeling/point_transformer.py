@@ -111,9 +111,7 @@ class PointTransformerModel(PointTransformerPreTrainedModel):
         config = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
-        check_point_batch(points, features, min_points=config.min_points)
-        if (features.shape[-1] if features is not None else 0) != config.feature_channels:
-            raise ValueError(f"`features` must have config.feature_channels={config.feature_channels} channels")
+        check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
         centres, patches = group_patches(
             points, features, config.num_groups, config.group_size, config.grouper, config.group_radius
         )

@@ -102,12 +102,7 @@ class PointMLPModel(PointMLPPreTrainedModel):
         config = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
-        check_point_batch(points, features, min_points=config.min_points)
-        if (features.shape[-1] if features is not None else 0) != config.feature_channels:
-            raise ValueError(
-                f"`features` must have config.feature_channels={config.feature_channels} channels, "
-                f"got {None if features is None else features.shape[-1]}"
-            )
+        check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
         inputs = [points]
         if config.use_height:
             inputs.append(gravity_height(points, config.height_axis))
