@@ -1,0 +1,273 @@
+"""Dataset schemas (``datasets.Features``), Parquet shard writing, dataset cards and loading.
+
+One row is one training sample:
+
+- **object level** (ShapeNet multi-view layout, ``OBJECT_FEATURES``): ``id``, ``category``, ``points`` ``[N, 3]``
+  float32 (xyz in the frame of the cameras), ``colors`` ``[N, 3]`` uint8 (empty ``[0, 3]`` when the source has
+  no colour, as ShapeNet), ``images`` (``V`` PNGs, RGB or RGBA), ``camera_to_world`` ``[V, 4, 4]`` float32 (OpenCV
+  axes: x right, y down, z forward), ``intrinsics`` ``[V, 4]`` float32 ``(fx, fy, cx, cy)`` in pixels of the stored
+  images (pixel centres at +0.5, as :mod:`unipre3d_hf.rendering.cameras`), ``width`` and ``height`` of the images.
+- **scene level** (ScanNet layout, ``SCENE_FEATURES``): ``id``, ``coords`` ``[P, 3]`` float32 metres, ``colors``
+  ``[P, 3]`` uint8, ``normals`` ``[P, 3]`` float32, ``segment`` ``[P]`` int32 semantic labels (-1 = ignore),
+  ``instance`` ``[P]`` int32 (-1 = none), and ``F`` RGB-D frames: ``images`` (PNG/JPEG RGB), ``depths`` (16-bit PNG,
+  millimetres, as ScanNet), ``camera_to_world`` ``[F, 4, 4]``, ``intrinsics`` ``[F, 4]`` (shared by a frame's colour
+  and depth image, which are pixel-aligned), ``frame_ids`` ``[F]`` (the source frame numbers), ``width``, ``height``.
+
+Images are stored as encoded bytes (``datasets.Image()``), so the Hub viewer shows them and a sample decodes only the
+views it uses (:func:`load_pretraining_dataset` turns decoding off; the collators decode).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import yaml
+from datasets import Features, Image, List, Value
+
+__all__ = [
+    "OBJECT_FEATURES",
+    "SCENE_FEATURES",
+    "DEPTH_SCALE",
+    "ShardedParquetWriter",
+    "BuildSummary",
+    "write_dataset_card",
+    "load_pretraining_dataset",
+    "raw_features",
+]
+
+#: depth PNGs hold millimetres (ScanNet's convention): metres = value / DEPTH_SCALE
+DEPTH_SCALE = 1000.0
+
+
+def _points(dtype: str) -> List:
+    return List(List(Value(dtype), length=3))
+
+
+_MATRICES = List(List(List(Value("float32"), length=4), length=4))
+_INTRINSICS = List(List(Value("float32"), length=4))
+
+OBJECT_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "category": Value("string"),
+        "points": _points("float32"),
+        "colors": _points("uint8"),
+        "images": List(Image()),
+        "camera_to_world": _MATRICES,
+        "intrinsics": _INTRINSICS,
+        "width": Value("int32"),
+        "height": Value("int32"),
+    }
+)
+
+SCENE_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "coords": _points("float32"),
+        "colors": _points("uint8"),
+        "normals": _points("float32"),
+        "segment": List(Value("int32")),
+        "instance": List(Value("int32")),
+        "images": List(Image()),
+        "depths": List(Image()),
+        "camera_to_world": _MATRICES,
+        "intrinsics": _INTRINSICS,
+        "frame_ids": List(Value("int32")),
+        "width": Value("int32"),
+        "height": Value("int32"),
+    }
+)
+
+_IMAGE_COLUMNS = ("images", "depths")
+
+
+def raw_features(features: Features) -> Features:
+    """A copy of ``features`` whose image columns are not decoded (rows then hold ``{"bytes", "path"}`` dicts)."""
+    out = Features(dict(features))
+    for name in _IMAGE_COLUMNS:
+        if name in out:
+            out[name] = List(Image(decode=False))
+    return out
+
+
+@dataclass
+class BuildSummary:
+    """What a builder or converter wrote: rows per split, and every skipped item with its reason."""
+
+    name: str
+    rows_written: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    dropped_frames: int = 0
+    seconds: float = 0.0
+    bytes_on_disk: int = 0
+
+    def skip(self, item_id: str, reason: str) -> None:
+        self.skipped.append((item_id, reason))
+
+    def format(self) -> str:
+        lines = [f"{self.name}: {sum(self.rows_written.values())} rows written in {self.seconds:.1f} s"]
+        for split, n in self.rows_written.items():
+            lines.append(f"  {split}: {n} rows")
+        if self.bytes_on_disk:
+            lines.append(f"  size on disk: {self.bytes_on_disk / 2**20:.2f} MiB")
+        if self.dropped_frames:
+            lines.append(f"  frames dropped (non-finite pose, missing or unreadable file): {self.dropped_frames}")
+        lines.append(f"  rows skipped: {len(self.skipped)}")
+        reasons: dict[str, int] = {}
+        for _, reason in self.skipped:
+            key = reason.split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        for reason, n in sorted(reasons.items()):
+            lines.append(f"    {n} x {reason}")
+        for item_id, reason in self.skipped[:20]:
+            lines.append(f"    - {item_id}: {reason}")
+        if len(self.skipped) > 20:
+            lines.append(f"    ... and {len(self.skipped) - 20} more")
+        return "\n".join(lines)
+
+
+class ShardedParquetWriter:
+    """Writes rows of one split to ``<out_dir>/data/<split>-NNNNN-of-MMMMM.parquet`` shards.
+
+    Rows are encoded with ``features.encode_example`` (images as ``{"bytes": png, "path": None}``, PIL images or
+    arrays; arrays as nested lists), and the Parquet files carry the ``datasets`` feature metadata, so
+    ``datasets.load_dataset(out_dir)`` restores the exact features. Small row groups keep random access and streaming
+    cheap for image-heavy rows.
+    """
+
+    def __init__(self, out_dir: str, split: str, features: Features, rows_per_shard: int = 256, row_group_size=32):
+        from datasets.arrow_writer import ParquetWriter
+
+        if rows_per_shard <= 0:
+            raise ValueError(f"`rows_per_shard` must be positive, got {rows_per_shard}")
+        self._writer_cls = ParquetWriter
+        self.data_dir = os.path.join(out_dir, "data")
+        os.makedirs(self.data_dir, exist_ok=True)
+        for name in os.listdir(self.data_dir):
+            if name.startswith(f"{split}-") and name.endswith(".parquet"):
+                os.remove(os.path.join(self.data_dir, name))
+        self.split = split
+        self.features = features
+        self.rows_per_shard = rows_per_shard
+        self.row_group_size = row_group_size
+        self.num_rows = 0
+        self._shards: list[str] = []
+        self._writer = None
+        self._rows_in_shard = 0
+
+    def write(self, row: dict) -> None:
+        missing = set(self.features) - set(row)
+        if missing:
+            raise ValueError(f"row {row.get('id')!r} lacks the fields {sorted(missing)}")
+        if self._writer is None or self._rows_in_shard >= self.rows_per_shard:
+            self._close_shard()
+            path = os.path.join(self.data_dir, f"{self.split}-{len(self._shards):05d}.parquet.tmp")
+            self._shards.append(path)
+            self._writer = self._writer_cls(features=self.features, path=path, writer_batch_size=self.row_group_size)
+            self._rows_in_shard = 0
+        self._writer.write(self.features.encode_example({k: row[k] for k in self.features}))
+        self._rows_in_shard += 1
+        self.num_rows += 1
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.finalize()
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> list[str]:
+        """Finish the last shard and give every shard its final ``-of-`` name; returns the final paths."""
+        self._close_shard()
+        final = []
+        for i, tmp in enumerate(self._shards):
+            path = os.path.join(self.data_dir, f"{self.split}-{i:05d}-of-{len(self._shards):05d}.parquet")
+            os.replace(tmp, path)
+            final.append(path)
+        return final
+
+
+def folder_size(path: str) -> int:
+    """Bytes of every file under ``path``."""
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def _split_bytes(out_dir: str, split: str) -> int:
+    data_dir = os.path.join(out_dir, "data")
+    names = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+    return sum(os.path.getsize(os.path.join(data_dir, n)) for n in names if n.startswith(f"{split}-"))
+
+
+def write_dataset_card(
+    out_dir: str,
+    features: Features,
+    splits: dict[str, int],
+    pretty_name: str,
+    license: str,
+    description: str,
+    tags: Iterable[str] = (),
+    extra_yaml: dict | None = None,
+) -> str:
+    """Write ``<out_dir>/README.md``: a YAML header (licence, configs/data files, features, split sizes) and a body.
+
+    ``description`` is Markdown (provenance, how the set was built, the command). Splits without rows have no shard
+    and are left out of the card (``datasets`` can't load a split without files). Returns the card's path.
+    """
+    splits = {s: n for s, n in splits.items() if n > 0}
+    if not splits:
+        raise ValueError(f"no rows were written to {out_dir}; nothing to describe")
+    header = {
+        "pretty_name": pretty_name,
+        "license": license,
+        "tags": ["unipre3d", "point-cloud", "3d", "gaussian-splatting", *tags],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits],
+            }
+        ],
+        "dataset_info": {
+            "features": features._to_yaml_list(),
+            "splits": [
+                {"name": s, "num_examples": int(n), "num_bytes": _split_bytes(out_dir, s)} for s, n in splits.items()
+            ],
+        },
+    }
+    if extra_yaml:
+        header.update(extra_yaml)
+    body = (
+        f"# {pretty_name}\n\n{description.strip()}\n\n"
+        "## Loading\n\n```python\nfrom unipre3d_hf.data import load_pretraining_dataset\n"
+        f'ds = load_pretraining_dataset("{out_dir}", split="{next(iter(splits))}")            # or streaming=True\n'
+        f'# plain datasets works too: datasets.load_dataset("{out_dir}")\n```\n\n'
+        f"Card written {datetime.date.today().isoformat()} by `unipre3d_hf`.\n"
+    )
+    path = os.path.join(out_dir, "README.md")
+    with open(path, "w") as f:
+        f.write("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body)
+    return path
+
+
+def load_pretraining_dataset(path: str, split: str = "train", streaming: bool = False, level: str | None = None):
+    """Load a dataset written by this package (a local folder or a Hub id) for the pre-training collators.
+
+    Images are left encoded (``{"bytes", "path"}``) so that a sample decodes only the views it uses, and the dataset is
+    formatted as NumPy so that point arrays arrive as ``[N, 3]`` arrays. ``level`` (``"object"`` or ``"scene"``)
+    picks the schema; by default it is read from the columns.
+    """
+    import datasets
+
+    if level is None:
+        probe = datasets.load_dataset(path, split=split, streaming=True)
+        columns = set(probe.features or {})
+        level = "scene" if "coords" in columns else "object"
+    if level not in ("object", "scene"):
+        raise ValueError(f"`level` must be 'object' or 'scene', got {level!r}")
+    features = raw_features(OBJECT_FEATURES if level == "object" else SCENE_FEATURES)
+    ds = datasets.load_dataset(path, split=split, streaming=streaming, features=features)
+    return ds.with_format("numpy")
