@@ -34,7 +34,7 @@ from .layers import (
     init_torch_default,
 )
 from .outputs import PointBackboneOutput
-from .pointmlp import gravity_height
+from .pointmlp import point_inputs
 
 _AXES = {"x": 0, "y": 1, "z": 2}
 
@@ -218,12 +218,8 @@ class PCMModel(PCMPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
         check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
-        inputs = [points]
-        if config.use_height:
-            inputs.append(gravity_height(points, config.height_axis))
-        if features is not None:
-            inputs.append(features.to(points.dtype))
-        x = self.embedding(torch.cat(inputs, dim=-1).transpose(1, 2)).transpose(1, 2)  # [B, N, C]
+        x = point_inputs(points, features, config.use_height, config.height_axis)
+        x = self.embedding(x.transpose(1, 2)).transpose(1, 2)  # [B, N, C]
 
         xyz, residual = points, None
         xyz_levels, feature_levels = [xyz], [x.transpose(1, 2)]

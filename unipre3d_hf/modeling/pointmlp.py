@@ -35,6 +35,18 @@ def gravity_height(points: torch.Tensor, axis: int) -> torch.Tensor:
     return h - h.amin(dim=1, keepdim=True)
 
 
+def point_inputs(
+    points: torch.Tensor, features: torch.Tensor | None, use_height: bool, height_axis: int
+) -> torch.Tensor:
+    """Per-point input channels ``[B, N, 3 (+1) (+C)]``: xyz, the gravity height if asked, and the extra features."""
+    inputs = [points]
+    if use_height:
+        inputs.append(gravity_height(points, height_axis))
+    if features is not None:
+        inputs.append(features.to(points.dtype))
+    return torch.cat(inputs, dim=-1)
+
+
 class PointMLPPreTrainedModel(PreTrainedModel):
     config_class = PointMLPConfig
     base_model_prefix = "pointmlp"
@@ -103,12 +115,7 @@ class PointMLPModel(PointMLPPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
         check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
-        inputs = [points]
-        if config.use_height:
-            inputs.append(gravity_height(points, config.height_axis))
-        if features is not None:
-            inputs.append(features.to(points.dtype))
-        x = torch.cat(inputs, dim=-1)
+        x = point_inputs(points, features, config.use_height, config.height_axis)
 
         if config.legacy_sampling:
             # The paper code's positions are the 4-channel xyz+height buffer; its FPS kernel read it as B x N x 3
