@@ -7,6 +7,20 @@ import unittest
 from .utils import import_utils
 
 
+def write_report(row: dict) -> dict:
+    """Print a measured-difference record and, when ``UNIPRE3D_REPORT`` names a file, append it there as a JSON
+    line (the GPU parity tests' output)."""
+    import json
+    import os
+
+    path = os.environ.get("UNIPRE3D_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    print(json.dumps(row))
+    return row
+
+
 def _cuda_available() -> bool:
     try:
         import torch

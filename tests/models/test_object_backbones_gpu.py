@@ -2,23 +2,14 @@
 CUDA vs CPU (CUDA only; skipped elsewhere). Set ``UNIPRE3D_REPORT`` to append the measured differences as JSON lines.
 """
 
-import json
-import os
 import unittest
 
 import torch
 
 import unipre3d_hf as u
-from unipre3d_hf.testing_utils import require_cuda, require_mamba_ssm
+from unipre3d_hf.testing_utils import require_cuda, require_mamba_ssm, write_report
 
 from .object_backbone_common import make_points
-
-
-def _report(row: dict) -> None:
-    path = os.environ.get("UNIPRE3D_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
 
 
 def _forward_backward(model, points):
@@ -56,7 +47,7 @@ class MambaScanParityTest(unittest.TestCase):
             "grad_rel_l2_max": rel[worst],
             "grad_rel_l2_worst_param": worst,
         }
-        _report(row)
+        write_report(row)
         # The two scans agree to ~1e-7 per call (tests/ops/test_selective_scan_gpu.py); through a randomly
         # initialised deep model float32 rounding grows, so the model-level check is relative to the output scale
         # and to the whole gradient.
@@ -87,5 +78,7 @@ class ObjectBackboneCudaTest(unittest.TestCase):
                 cpu = model(points).last_hidden_state
                 gpu = model.cuda()(points.cuda()).last_hidden_state.cpu()
             diff = (gpu - cpu).abs().max().item()
-            _report({"test": "cuda_vs_cpu", "model": name, "out_max_abs": diff, "ref_max_abs": cpu.abs().max().item()})
+            write_report(
+                {"test": "cuda_vs_cpu", "model": name, "out_max_abs": diff, "ref_max_abs": cpu.abs().max().item()}
+            )
             torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-3)

@@ -5,8 +5,6 @@ the varlen kernels (flash-attn, torch varlen) inside PTv3.
 Set ``UNIPRE3D_REPORT`` to a file path to append the measured differences as JSON lines.
 """
 
-import json
-import os
 import unittest
 
 import torch
@@ -14,16 +12,7 @@ import torch
 from unipre3d_hf import PTv3Config, PTv3Model, SparseUNetConfig, SparseUNetModel
 from unipre3d_hf.ops.attention import resolve_attention_backend
 from unipre3d_hf.ops.sparse_conv import SparseConv3d, SparseInverseConv3d, SparseVoxels, SubMConv3d, pack_voxel_keys
-from unipre3d_hf.testing_utils import require_cuda, require_spconv
-
-
-def report(entry: dict) -> dict:
-    path = os.environ.get("UNIPRE3D_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-    print(json.dumps(entry))
-    return entry
+from unipre3d_hf.testing_utils import require_cuda, require_spconv, write_report
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,7 +77,7 @@ class SparseConvGpuParity(unittest.TestCase):
             entry[f"{name}_out_rel_l2"] = rel(a, b)
         for name, a, b in zip(("input", "subm_w", "stem_w", "one_w", "down_w", "up_w"), our_grads, ref_grads):
             entry[f"grad_{name}_rel_l2"] = rel(a, b)
-        report(entry)
+        write_report(entry)
         for k, v in entry.items():
             if k.endswith("rel_l2"):
                 self.assertLess(v, 1e-3, k)  # spconv may use TF32 / implicit GEMM: not bit-exact
@@ -109,7 +98,7 @@ class SparseConvGpuParity(unittest.TestCase):
             )
         (a, ga), (b, gb) = results["torch"], results["spconv"]
         grad_rel = max(rel(ga[n], gb[n]) for n in ga)
-        entry = report(
+        entry = write_report(
             {
                 "test": "sparse_unet_model",
                 "voxels": a.shape[0],
@@ -142,7 +131,7 @@ class PatchAttentionGpuParity(unittest.TestCase):
             model.config.attention_backend = backend
             with torch.no_grad():
                 out = model(coords, feats, offsets).last_hidden_state
-            entry = report(
+            entry = write_report(
                 {"test": "ptv3_attention", "backend": backend, "voxels": out.shape[0], "out_rel_l2": rel(out, ref)}
             )
             self.assertLess(entry["out_rel_l2"], 2e-2)  # the varlen kernels run in fp16, as Pointcept's flash path

@@ -4,14 +4,12 @@ Both are also compared with the twin run in float64, which tells which of the tw
 Set ``UNIPRE3D_REPORT`` to a file path to append the measured differences as JSON lines.
 """
 
-import json
-import os
 import unittest
 
 import torch
 
 from unipre3d_hf.ops.selective_scan import _is_causal_conv1d_available, causal_conv1d, selective_scan
-from unipre3d_hf.testing_utils import require_cuda, require_mamba_ssm
+from unipre3d_hf.testing_utils import require_cuda, require_mamba_ssm, write_report
 
 from .test_selective_scan import NAMES, mamba_like_inputs
 
@@ -43,12 +41,7 @@ def compare(name: str, batch: int, dim: int, length: int, seed: int = 0) -> dict
     for key, kern, twin, exact in [("y", y_k, y_t, y_x), *((f"grad_{k}", g_k[k], g_t[k], g_x[k]) for k in NAMES)]:
         errors = {"kernel": _diff(kern, exact)["rel_l2"], "twin": _diff(twin, exact)["rel_l2"]}
         report[f"{key}_rel_l2_vs_float64"] = errors
-    path = os.environ.get("UNIPRE3D_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(report) + "\n")
-    print(json.dumps(report, indent=1))
-    return report
+    return write_report(report)
 
 
 @require_mamba_ssm

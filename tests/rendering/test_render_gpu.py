@@ -3,15 +3,13 @@
 Set ``UNIPRE3D_REPORT`` to a file path to append the measured differences as JSON lines.
 """
 
-import json
-import os
 import unittest
 
 import torch
 
 from unipre3d_hf.rendering import Gaussians, render
 from unipre3d_hf.rendering.synthetic import object_workload, scene_workload
-from unipre3d_hf.testing_utils import require_gsplat
+from unipre3d_hf.testing_utils import require_gsplat, write_report
 
 PARAMS = ("means", "quats", "scales", "opacities", "sh")
 
@@ -45,12 +43,7 @@ def compare(name: str, gauss: Gaussians, cams, bg) -> dict:
         report[f"grad_{k}_max_abs"] = (g_ours - g_ref).abs().max().item()
         report[f"grad_{k}_mean_abs"] = (g_ours - g_ref).abs().mean().item()
         report[f"grad_{k}_rel_l2"] = ((g_ours - g_ref).norm() / g_ref.norm().clamp_min(1e-30)).item()
-    path = os.environ.get("UNIPRE3D_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(report) + "\n")
-    print(json.dumps(report, indent=1))
-    return report
+    return write_report(report)
 
 
 @require_gsplat
