@@ -5,6 +5,7 @@ Importing this package never imports pybullet (only the mini-set builders need i
 """
 
 from .collators import CorruptSampleError, ObjectPretrainingCollator, ScenePretrainingCollator, decode_image
+from .geometry import unproject_depth_to_world
 from .mini import OBJECT_MESHES, SCENE_CLASSES, build_objects_mini, build_scenes_mini, load_mini_dataset
 from .sampling import ObjectViewSampler, SceneViewSampler
 from .scannet import convert_scannet, read_scannet_scene
@@ -52,6 +53,7 @@ __all__ = [
     "ScenePretrainingCollator",
     "CorruptSampleError",
     "decode_image",
+    "unproject_depth_to_world",
     "SceneAugmentation",
     "apply_rigid_transform",
     "center_points_and_cameras",

@@ -1,0 +1,85 @@
+"""Torch geometry for the pre-training data: depth maps to world points.
+
+The pixel convention is the package's (:meth:`unipre3d_hf.rendering.Cameras.project`, the NumPy
+:func:`unipre3d_hf.data._geometry.unproject_depth` of the builders, the stored intrinsics of every dataset): pixel
+``(i, j)`` (row, column) has its centre at ``(u, v) = (j + 0.5, i + 0.5)``; cameras are camera-to-world matrices in
+OpenCV axes (x right, y down, z forward).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["unproject_depth_to_world"]
+
+
+def unproject_depth_to_world(
+    depth: Tensor, camera_to_world: Tensor, intrinsics: Tensor, *, min_depth: float = 0.05
+) -> tuple[Tensor, Tensor]:
+    """World points of every pixel of z-depth maps.
+
+    For pixel ``(i, j)`` with depth ``z``: ``u, v = j + 0.5, i + 0.5``; the camera-space point is
+    ``((u - cx) z / fx, (v - cy) z / fy, z)``; the world point is ``R @ p_cam + t`` with ``R, t`` from
+    ``camera_to_world``. This inverts :meth:`Cameras.project <unipre3d_hf.rendering.Cameras.project>` exactly.
+
+    Args:
+        depth (`Tensor` of shape `[..., H, W]`): floating-point z-depth in metres (camera-space z, not the distance
+            along the ray); 0, negative or non-finite values mark missing depth. ScanNet-style 16-bit millimetre
+            depth must be converted first (``depth_mm.float() / 1000``).
+        camera_to_world (`Tensor` of shape `[..., 4, 4]`): camera-to-world poses, OpenCV axes.
+        intrinsics (`Tensor` of shape `[..., 4]`): ``(fx, fy, cx, cy)`` in pixels of this depth map's size.
+        min_depth (`float`, *optional*, defaults to 0.05): pixels with ``depth <= min_depth`` are invalid (the
+            paper's threshold).
+
+    The leading dimensions ``...`` of the three inputs must broadcast (e.g. depth ``[B, V, H, W]`` with poses
+    ``[B, V, 4, 4]`` and intrinsics ``[B, V, 4]``, or one set of intrinsics ``[4]`` for every frame).
+
+    Returns:
+        points (`Tensor` of shape `[..., H, W, 3]`): world points, in the dtype of ``depth`` (or the promoted dtype of
+            the inputs); invalid pixels hold the camera centre (their depth is taken as 0), so they stay finite.
+        valid (`Tensor` of shape `[..., H, W]`, bool): ``depth > min_depth`` and finite.
+
+    Gradients flow to ``depth``, ``camera_to_world`` and ``intrinsics``.
+    """
+    if not isinstance(depth, Tensor) or depth.dim() < 2:
+        shape = tuple(depth.shape) if isinstance(depth, Tensor) else type(depth).__name__
+        raise ValueError(f"`depth` must be a tensor of shape [..., H, W], got {shape}")
+    if not depth.is_floating_point():
+        raise ValueError(
+            f"`depth` must be floating-point metres of shape [..., H, W], got dtype {depth.dtype} "
+            "(convert millimetres with depth.float() / 1000)"
+        )
+    if not isinstance(camera_to_world, Tensor) or camera_to_world.dim() < 2 or camera_to_world.shape[-2:] != (4, 4):
+        shape = tuple(camera_to_world.shape) if isinstance(camera_to_world, Tensor) else type(camera_to_world).__name__
+        raise ValueError(f"`camera_to_world` must be a tensor of shape [..., 4, 4], got {shape}")
+    if not isinstance(intrinsics, Tensor) or intrinsics.dim() < 1 or intrinsics.shape[-1] != 4:
+        shape = tuple(intrinsics.shape) if isinstance(intrinsics, Tensor) else type(intrinsics).__name__
+        raise ValueError(f"`intrinsics` must be a tensor of shape [..., 4] (fx, fy, cx, cy), got {shape}")
+    batch_shapes = (depth.shape[:-2], camera_to_world.shape[:-2], intrinsics.shape[:-1])
+    try:
+        torch.broadcast_shapes(*batch_shapes)
+    except RuntimeError as err:
+        raise ValueError(
+            "the leading dimensions of `depth` [..., H, W], `camera_to_world` [..., 4, 4] and `intrinsics` [..., 4] "
+            f"must broadcast, got {tuple(batch_shapes[0])}, {tuple(batch_shapes[1])} and {tuple(batch_shapes[2])}"
+        ) from err
+
+    dtype = torch.promote_types(torch.promote_types(depth.dtype, camera_to_world.dtype), intrinsics.dtype)
+    if not dtype.is_floating_point:
+        dtype = depth.dtype
+    depth = depth.to(dtype)
+    camera_to_world = camera_to_world.to(dtype=dtype, device=depth.device)
+    intrinsics = intrinsics.to(dtype=dtype, device=depth.device)
+
+    valid = torch.isfinite(depth) & (depth > min_depth)
+    z = torch.where(valid, depth, torch.zeros((), dtype=dtype, device=depth.device))
+    height, width = depth.shape[-2:]
+    u = torch.arange(width, dtype=dtype, device=depth.device) + 0.5  # [W]
+    v = (torch.arange(height, dtype=dtype, device=depth.device) + 0.5)[:, None]  # [H, 1]
+    fx, fy, cx, cy = (t[..., None, None] for t in intrinsics.unbind(-1))  # [..., 1, 1]
+    cam = torch.stack(torch.broadcast_tensors((u - cx) * z / fx, (v - cy) * z / fy, z), dim=-1)  # [..., H, W, 3]
+    rot_t = camera_to_world[..., None, :3, :3].transpose(-1, -2)  # [..., 1, 3, 3]
+    trans = camera_to_world[..., None, None, :3, 3]  # [..., 1, 1, 3]
+    points = cam @ rot_t + trans
+    return points, valid.expand(points.shape[:-1])
