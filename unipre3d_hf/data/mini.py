@@ -102,16 +102,21 @@ def _render(p, cid, c2w: np.ndarray, intrinsics, width: int, height: int, near: 
 
     OpenCV camera axes (x right, y down, z forward) become OpenGL's (x right, y up, z backward) with
     ``diag(1, -1, -1, 1) @ w2c``. The projection is OpenGL's perspective matrix written with pixel focal lengths
-    (glFrustum with l, r = -/+ n W / 2fx, b, t = -/+ n H / 2fy), i.e. a principal point at the image centre, which
-    is where the builders put it. pybullet takes both as column-major lists of 16 floats.
+    (``P[0, 0] = 2 fx / W``, ``P[1, 1] = 2 fy / H``) and a principal-point column ``P[0, 2]``, ``P[1, 2]`` chosen so
+    that pixel ``(i, j)`` sees the ray through ``(j + 0.5, i + 0.5)`` of the intrinsics, the package convention.
+    ``ER_TINY_RENDERER`` samples pixel ``(i, j)`` at the integer screen point ``x = j``, ``y = H - 1 - i`` (measured:
+    an edge rendered at a known position), so a centred frustum would be off by half a pixel in x and in y, and
+    unprojected depth would not land back on its own silhouette. pybullet takes both matrices as column-major lists
+    of 16 floats.
     """
-    fx, fy, cx, cy = intrinsics
-    if abs(cx - width / 2) > 1e-6 or abs(cy - height / 2) > 1e-6:
-        raise ValueError("the pybullet renderer here needs the principal point at the image centre")
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
     w2c = np.linalg.inv(c2w)
     view = np.diag([1.0, -1.0, -1.0, 1.0]) @ w2c
     proj = np.zeros((4, 4))
     proj[0, 0], proj[1, 1] = 2 * fx / width, 2 * fy / height
+    # screen x = (ndc_x + 1) W / 2 must be j = u - 0.5; screen y = (ndc_y + 1) H / 2 must be H - 1 - i = H - v - 0.5
+    proj[0, 2] = 1.0 - (2 * cx - 1) / width
+    proj[1, 2] = (2 * cy + 1) / height - 1.0
     proj[2, 2], proj[2, 3] = -(far + near) / (far - near), -2 * far * near / (far - near)
     proj[3, 2] = -1.0
     _, _, rgba, depth_buf, seg = p.getCameraImage(
