@@ -12,6 +12,7 @@ from unipre3d_hf.data import (  # noqa: E402
     build_scenes_mini,
     decode_image,
     load_pretraining_dataset,
+    unproject_depth_to_world,
 )
 from unipre3d_hf.rendering import Cameras  # noqa: E402
 
@@ -71,6 +72,32 @@ def test_objects_mini_points_project_onto_their_silhouettes(tmp_path):
     # the misses are points within a pixel of a view's silhouette whose pixel centre falls just outside it (a binary
     # alpha sampled at pixel centres); before the renderer's half-pixel offset was fixed this was ~0.93
     assert fraction > 0.95
+
+
+def test_scenes_mini_depth_frames_unproject_onto_the_fused_points(tmp_path):
+    """Depth frame (millimetre PNG) + intrinsics + camera-to-world pose unproject onto the row's point cloud, and the
+    collator keeps points and cameras in one frame after centring."""
+    import torch
+
+    build_scenes_mini(str(tmp_path), num_scenes=1, frames=8, width=64, height=48, seed=2, show_progress=False)
+    (row,) = _rows(str(tmp_path))
+    coords = torch.tensor(row["coords"], dtype=torch.float64)
+    depth = torch.stack([torch.from_numpy(np.asarray(decode_image(d)).astype(np.float64)) for d in row["depths"]])
+    points, valid = unproject_depth_to_world(
+        depth / 1000.0, torch.tensor(row["camera_to_world"]), torch.tensor(row["intrinsics"])
+    )
+    assert valid.float().mean() > 0.9  # the rooms are closed: nearly every pixel has depth
+    dist = torch.cdist(points[valid][::7], coords).min(dim=1).values
+    median = float(dist.median())
+    print(f"scenes-mini: median nearest-neighbour distance depth -> fused points {100 * median:.3f} cm")
+    assert median < 0.02
+    # the collator centres coords and poses together: the same check on its output
+    batch = ScenePretrainingCollator(seed=0)([row])
+    points, valid = unproject_depth_to_world(
+        batch["reference_depths"][0], batch["reference_c2w"][0], batch["reference_intrinsics"][0]
+    )
+    dist = torch.cdist(points[valid][::7].double(), batch["coords"].double()).min(dim=1).values
+    assert float(dist.median()) < 0.02 and abs(float(batch["coords"].mean(0).abs().max())) < 1e-4
 
 
 def test_objects_mini_is_deterministic_small_and_consistent(tmp_path):
