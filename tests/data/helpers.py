@@ -70,11 +70,14 @@ def scene_row(scene_id="scene", frames=20, width=16, height=12, num_points=300, 
 
 def make_shapenet_tree(root: str) -> dict[str, int]:
     """A fake ShapeNet multi-view tree; returns {object id: expected good views}. One object has 36 views, one 24 with
-    a non-finite camera, one lacks its point file, one has no metadata."""
+    a non-finite camera, one lacks its point file, one has no metadata; "corrupt" has a view whose PNG is not a PNG and
+    one truncated PNG, "missingview" lacks 07.png and both files of view 09, "fewgood" has 6 views of which 2 are not
+    PNGs (4 good < 5: skipped)."""
     rng = np.random.default_rng(0)
     expected = {}
     objects = [("02691156", f"plane{i}", 24) for i in range(8)] + [("03001627", "chair36", 36)]
     objects += [("03001627", "nopts", 24), ("03001627", "nometa", 24), ("03001627", "badview", 24)]
+    objects += [("04379243", "corrupt", 24), ("04379243", "missingview", 24), ("04379243", "fewgood", 6)]
     os.makedirs(os.path.join(root, "pts"))
     for synset, model, views in objects:
         d = os.path.join(root, "image", synset, model, "easy")
@@ -91,10 +94,23 @@ def make_shapenet_tree(root: str) -> dict[str, int]:
         if model != "nometa":
             with open(os.path.join(d, "rendering_metadata.txt"), "w") as f:
                 f.write("\n".join(lines) + "\n")
+        if model in ("corrupt", "fewgood"):
+            with open(os.path.join(d, "05.png"), "wb") as f:
+                f.write(b"this is not a PNG file")
+        if model == "corrupt":  # a real PNG cut short: the header opens, the pixels do not decode
+            data = open(os.path.join(d, "06.png"), "rb").read()
+            with open(os.path.join(d, "06.png"), "wb") as f:
+                f.write(data[: len(data) // 2])
+        if model == "fewgood":
+            with open(os.path.join(d, "02.png"), "wb") as f:
+                f.write(b"\x89PNG garbage")
+        if model == "missingview":
+            for name in ("07.png", "09.png", "09.txt"):
+                os.remove(os.path.join(d, name))
         if model != "nopts":
             np.save(os.path.join(root, "pts", f"{synset}-{model}.npy"), rng.normal(size=(100, 3)).astype(np.float32))
-        if model not in ("nopts", "nometa"):
-            expected[f"{synset}/{model}"] = views - (1 if model == "badview" else 0)
+        if model not in ("nopts", "nometa", "fewgood"):
+            expected[f"{synset}/{model}"] = views - {"badview": 1, "corrupt": 2, "missingview": 2}.get(model, 0)
     return expected
 
 

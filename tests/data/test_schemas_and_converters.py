@@ -85,7 +85,28 @@ def test_shapenet_converter_on_a_fake_tree(tmp_path):
     assert sum(summary.rows_written.values()) == len(expected)
     reasons = dict(summary.skipped)
     assert "missing point file" in reasons["03001627/nopts"] and "metadata" in reasons["03001627/nometa"]
-    assert summary.dropped_frames == 1  # the non-finite camera of badview
+    assert reasons["04379243/fewgood"] == "too few good views: 4 < 5"
+    assert len(summary.skipped) == 3  # every object is either written or skipped with its reason
+    # every dropped view is reported with its object id, view and reason, and counted
+    dropped = sorted(summary.dropped)
+    assert summary.dropped_frames == len(dropped) == 7
+    assert [(i, r.split(":")[0]) for i, r in dropped] == [
+        ("03001627/badview", "view 03"),
+        ("04379243/corrupt", "view 05"),
+        ("04379243/corrupt", "view 06"),
+        ("04379243/fewgood", "view 02"),
+        ("04379243/fewgood", "view 05"),
+        ("04379243/missingview", "view 07"),
+        ("04379243/missingview", "view 09"),
+    ]
+    why = {(i, r.split(":")[0]): r for i, r in dropped}
+    assert "non-finite camera" in why["03001627/badview", "view 03"]
+    assert "unreadable image 05.png" in why["04379243/corrupt", "view 05"]
+    assert "unreadable image 06.png" in why["04379243/corrupt", "view 06"]  # truncated: only a full decode sees it
+    assert "missing image 07.png" in why["04379243/missingview", "view 07"]
+    assert "missing image 09.png" in why["04379243/missingview", "view 09"]
+    report = summary.format()
+    assert "04379243/corrupt: view 05: unreadable image" in report and "too few good views" in report
     rows = {}
     for split in summary.rows_written:
         if summary.rows_written[split]:
@@ -110,6 +131,7 @@ def test_scannet_converter_on_a_fake_tree(tmp_path):
     assert "too few good frames: 5 < 16" in reasons["scene0001_00"]
     assert "missing intrinsics" in reasons["scene0002_00"]
     assert summary.dropped_frames == 3  # the -inf poses
+    assert [i for i, _ in summary.dropped] == ["scene0000_00"] * 3 and "non-finite pose" in summary.dropped[0][1]
     row = load_pretraining_dataset(str(tmp_path / "out"))[0]
     assert len(row["images"]) == 17 and 40 not in row["frame_ids"].tolist() and row["frame_ids"][0] == 0
     assert np.isfinite(row["camera_to_world"]).all()

@@ -121,8 +121,7 @@ def read_scannet_scene(
             color_img = Image.open(color_path).convert("RGB")
         except (OSError, ValueError) as err:
             if summary is not None:
-                summary.dropped_frames += 1
-            del err
+                summary.drop(scene, f"frame {stem}: {err}")
             continue
         wd, hd = depth_img.size
         sx, sy = width / wd, height / hd

@@ -95,17 +95,25 @@ def raw_features(features: Features) -> Features:
 
 @dataclass
 class BuildSummary:
-    """What a builder or converter wrote: rows per split, and every skipped item with its reason."""
+    """What a builder or converter wrote: rows per split, every skipped item (a whole row not written) with its
+    reason, and every dropped frame or view (left out of a row that was kept or skipped) with its item id and reason;
+    ``dropped_frames`` counts the latter."""
 
     name: str
     rows_written: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     dropped_frames: int = 0
+    dropped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     bytes_on_disk: int = 0
 
     def skip(self, item_id: str, reason: str) -> None:
         self.skipped.append((item_id, reason))
+
+    def drop(self, item_id: str, reason: str) -> None:
+        """Record one frame or view of ``item_id`` left out (``reason`` names the frame and why)."""
+        self.dropped_frames += 1
+        self.dropped.append((item_id, reason))
 
     def format(self) -> str:
         lines = [f"{self.name}: {sum(self.rows_written.values())} rows written in {self.seconds:.1f} s"]
@@ -115,6 +123,10 @@ class BuildSummary:
             lines.append(f"  size on disk: {self.bytes_on_disk / 2**20:.2f} MiB")
         if self.dropped_frames:
             lines.append(f"  frames dropped (non-finite pose, missing or unreadable file): {self.dropped_frames}")
+            for item_id, reason in self.dropped[:20]:
+                lines.append(f"    - {item_id}: {reason}")
+            if len(self.dropped) > 20:
+                lines.append(f"    ... and {len(self.dropped) - 20} more")
         lines.append(f"  rows skipped: {len(self.skipped)}")
         reasons: dict[str, int] = {}
         for _, reason in self.skipped:

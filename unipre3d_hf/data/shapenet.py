@@ -20,12 +20,16 @@ What the converter does:
   black, which equals the paper's "take RGB" for renders whose transparent pixels are black;
 - the split is the paper's: every ``<synset>/<model>`` sorted, shuffled with Python's ``random`` seeded with
   ``seed + 1`` (43 for the paper's seed 42), then 75 % train, 20 % validation, 5 % test;
-- a view whose matrix is missing, unreadable or non-finite is dropped and counted; an object without a point file,
-  with unreadable points or with fewer than ``min_views`` good views is skipped with its reason.
+- a view whose image or matrix is missing, whose PNG does not decode (corrupt or truncated bytes), or whose matrix
+  is unreadable or non-finite is dropped and recorded in the summary with its object id, view and reason
+  (``BuildSummary.dropped``, counted in ``dropped_frames``); the views are the numbered ``.png`` and ``.txt`` files,
+  and a gap in the numbering is reported as a missing view. An object without a point file, with unreadable points
+  or with fewer than ``min_views`` good views is skipped with its reason (``BuildSummary.skipped``).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
@@ -72,10 +76,24 @@ def _read_matrix(path: str) -> np.ndarray:
     return values.reshape(4, 4)
 
 
+def _view_numbers(view_dir: str) -> list[tuple[int, str]]:
+    """``(view, file stem)`` of every view an object should have: the numbered ``.png`` and ``.txt`` files, plus any
+    number missing between 0 and the largest (a view whose image and camera are both gone is still reported)."""
+    stems: dict[int, str] = {}
+    for name in os.listdir(view_dir):
+        stem, ext = os.path.splitext(name)
+        if ext in (".png", ".txt") and stem.isdigit():
+            stems.setdefault(int(stem), stem)
+    if not stems:
+        return []
+    width = max(len(s) for s in stems.values())
+    return [(v, stems.get(v, f"{v:0{width}d}")) for v in range(max(stems) + 1)]
+
+
 def read_shapenet_object(root: str, object_id: str, summary: BuildSummary | None = None, default_fov_deg=None):
     """Read one object; returns a row dict of :data:`OBJECT_FEATURES`, or raises ``ValueError`` with the reason.
 
-    Dropped views are added to ``summary.dropped_frames``.
+    Dropped views are recorded with ``summary.drop(object_id, "view NN: reason")``.
     """
     synset, model = object_id.split("/")
     view_dir = os.path.join(_image_dir(root), synset, model, "easy")
@@ -100,21 +118,28 @@ def read_shapenet_object(root: str, object_id: str, summary: BuildSummary | None
             metadata = [line.split() for line in f if line.strip()]
     elif default_fov_deg is None:
         raise ValueError("missing rendering_metadata.txt (pass a default FoV to convert anyway)")
-    names = sorted((n for n in os.listdir(view_dir) if n.endswith(".png")), key=lambda n: int(os.path.splitext(n)[0]))
+    views = _view_numbers(view_dir)
     images, c2ws, intrs, size = [], [], [], None
-    for name in names:
-        stem = os.path.splitext(name)[0]
-        view = int(stem)
+    for view, stem in views:
         try:
-            c2w = _read_matrix(os.path.join(view_dir, f"{stem}.txt"))
+            image_path, matrix_path = os.path.join(view_dir, f"{stem}.png"), os.path.join(view_dir, f"{stem}.txt")
+            if not os.path.isfile(image_path):
+                raise ValueError(f"missing image {stem}.png")
+            if not os.path.isfile(matrix_path):
+                raise ValueError(f"missing camera {stem}.txt")
+            c2w = _read_matrix(matrix_path)
             if not np.isfinite(c2w).all():
-                raise ValueError("non-finite camera matrix")
-            with open(os.path.join(view_dir, name), "rb") as f:
+                raise ValueError(f"non-finite camera matrix in {stem}.txt")
+            with open(image_path, "rb") as f:
                 data = f.read()
-            with Image.open(os.path.join(view_dir, name)) as img:
-                w, h = img.size
+            try:  # decode fully: a truncated or corrupt file must not reach the collator
+                with Image.open(io.BytesIO(data)) as img:
+                    img.load()
+                    w, h = img.size
+            except (OSError, SyntaxError, ValueError) as err:
+                raise ValueError(f"unreadable image {stem}.png ({err})") from err
             if size is not None and (w, h) != size:
-                raise ValueError(f"image size {w}x{h} differs from the object's {size[0]}x{size[1]}")
+                raise ValueError(f"image {stem}.png is {w}x{h}, the object's first view is {size[0]}x{size[1]}")
             if view < len(metadata):
                 focal, sensor = float(metadata[view][4]), float(metadata[view][5])
                 fov = 2 * math.atan(0.5 * sensor / focal)
@@ -124,8 +149,7 @@ def read_shapenet_object(root: str, object_id: str, summary: BuildSummary | None
                 raise ValueError(f"no metadata line for view {view}")
         except (OSError, ValueError, IndexError) as err:
             if summary is not None:
-                summary.dropped_frames += 1
-            del err
+                summary.drop(object_id, f"view {stem}: {err}")
             continue
         size = (w, h)
         fx = 0.5 * w / math.tan(0.5 * fov)
