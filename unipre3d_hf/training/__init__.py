@@ -1,10 +1,19 @@
 """Losses, metrics (PSNR, SSIM, LPIPS, accuracy, mIoU), EMA and schedules.
 
 Training utilities for ``scripts/pretrain.py``: image and segmentation metrics, the paper's EMA rule, AdamW and StepLR
-builders and render grids. Importing this package imports
+builders, crash-safe Accelerate checkpoints and render grids. Importing this package imports
 torch and accelerate only; no optional package (tensorboard, lpips) is imported until it is used.
 """
 
+from .checkpointing import (
+    checkpoint_info,
+    latest_checkpoint,
+    list_checkpoints,
+    read_best,
+    resolve_resume,
+    save_best,
+    save_checkpoint,
+)
 from .ema import EMA, ema_decay
 from .metrics import ViewMetricAccumulator, accuracy, confusion_matrix, iou_per_class, mean_iou, psnr, ssim
 from .optim import PAPER_LR_SCHEDULES, all_grads_finite, build_optimizer, build_scheduler
@@ -18,11 +27,18 @@ __all__ = [
     "all_grads_finite",
     "build_optimizer",
     "build_scheduler",
+    "checkpoint_info",
     "confusion_matrix",
     "ema_decay",
     "iou_per_class",
+    "latest_checkpoint",
+    "list_checkpoints",
     "mean_iou",
     "psnr",
+    "read_best",
+    "resolve_resume",
+    "save_best",
+    "save_checkpoint",
     "save_render_grid",
     "ssim",
 ]
