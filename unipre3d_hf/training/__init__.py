@@ -1,7 +1,7 @@
 """Losses, metrics (PSNR, SSIM, LPIPS, accuracy, mIoU), EMA and schedules.
 
 Training utilities for ``scripts/pretrain.py``: image and segmentation metrics, the paper's EMA rule, AdamW and StepLR
-builders, crash-safe Accelerate checkpoints and render grids. Importing this package imports
+builders, crash-safe Accelerate checkpoints, a JSON-lines tracker and render grids. Importing this package imports
 torch and accelerate only; no optional package (tensorboard, lpips) is imported until it is used.
 """
 
@@ -17,16 +17,19 @@ from .checkpointing import (
 from .ema import EMA, ema_decay
 from .metrics import ViewMetricAccumulator, accuracy, confusion_matrix, iou_per_class, mean_iou, psnr, ssim
 from .optim import PAPER_LR_SCHEDULES, all_grads_finite, build_optimizer, build_scheduler
+from .tracking import JSONLinesTracker, build_trackers
 from .visualization import save_render_grid
 
 __all__ = [
     "EMA",
+    "JSONLinesTracker",
     "PAPER_LR_SCHEDULES",
     "ViewMetricAccumulator",
     "accuracy",
     "all_grads_finite",
     "build_optimizer",
     "build_scheduler",
+    "build_trackers",
     "checkpoint_info",
     "confusion_matrix",
     "ema_decay",
