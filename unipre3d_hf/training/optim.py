@@ -49,7 +49,12 @@ def build_optimizer(
 
 def build_scheduler(optimizer: torch.optim.Optimizer, step_size: int, gamma: float) -> torch.optim.lr_scheduler.StepLR:
     """``StepLR`` multiplying every group's lr by ``gamma`` every ``step_size`` calls of ``scheduler.step()``; call
-    it once per iteration (see ``PAPER_LR_SCHEDULES``)."""
+    it once per iteration (see ``PAPER_LR_SCHEDULES``).
+
+    With Accelerate: a scheduler passed through ``accelerator.prepare`` steps ``num_processes`` times per call (it
+    assumes the per-process batch was not split), which would decay the lr ``num_processes`` times too early for the
+    paper's per-iteration schedule. Build the Accelerator with ``step_scheduler_with_optimizer=False`` (then one call
+    is one step) or keep the scheduler out of ``prepare``."""
     if step_size < 1:
         raise ValueError(f"`step_size` must be >= 1, got {step_size}")
     if not 0.0 < gamma <= 1.0:
