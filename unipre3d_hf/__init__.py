@@ -33,6 +33,9 @@ _LAZY_NAMES = {
     "PTv3Config": "configuration.ptv3",
     "PTv3Model": "modeling.ptv3",
     "SparseVoxels": "ops.sparse_conv",
+    "UniPre3DConfig": "configuration.unipre3d",
+    "UniPre3DForGaussianPretraining": "modeling.pretraining",
+    "GaussianPretrainingOutput": "modeling.outputs",
     "is_gsplat_available": "utils",
     "is_spconv_available": "utils",
     "is_mamba_ssm_available": "utils",
@@ -51,11 +54,13 @@ if TYPE_CHECKING:
     from .configuration.pointmlp import PointMLPConfig  # noqa: F401
     from .configuration.ptv3 import PTv3Config  # noqa: F401
     from .configuration.sparse_unet import SparseUNetConfig  # noqa: F401
+    from .configuration.unipre3d import UniPre3DConfig  # noqa: F401
     from .modeling.mamba3d import Mamba3DModel  # noqa: F401
-    from .modeling.outputs import PointBackboneOutput  # noqa: F401
+    from .modeling.outputs import GaussianPretrainingOutput, PointBackboneOutput  # noqa: F401
     from .modeling.pcm import PCMModel  # noqa: F401
     from .modeling.point_transformer import PointTransformerModel  # noqa: F401
     from .modeling.pointmlp import PointMLPModel  # noqa: F401
+    from .modeling.pretraining import UniPre3DForGaussianPretraining  # noqa: F401
     from .modeling.ptv3 import PTv3Model  # noqa: F401
     from .modeling.sparse_unet import SparseUNetModel  # noqa: F401
     from .ops.sparse_conv import SparseVoxels  # noqa: F401
@@ -90,6 +95,10 @@ def _register_with_auto_classes() -> None:
         model_cls = getattr(importlib.import_module(f".modeling.{model_module}", __name__), model_name)
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         AutoModel.register(config_cls, model_cls, exist_ok=True)
+    # the pre-training composite's config (its model class, which imports the data and rendering code, loads lazily)
+    from .configuration.unipre3d import UniPre3DConfig
+
+    AutoConfig.register(UniPre3DConfig.model_type, UniPre3DConfig, exist_ok=True)
 
 
 _register_with_auto_classes()

@@ -91,5 +91,10 @@ class Mamba3DConfig(PretrainedConfig):
     def min_points(self) -> int:
         return max(self.num_groups, self.group_size)
 
+    @property
+    def fusion_channels(self) -> int:
+        """Width of the hidden states handed to the fusion hook (the last block)."""
+        return self.hidden_size
+
 
 __all__ = ["Mamba3DConfig"]

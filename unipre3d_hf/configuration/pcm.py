@@ -145,5 +145,10 @@ class PCMConfig(PretrainedConfig):
             n = max(n * reducer, k)
         return n
 
+    @property
+    def fusion_channels(self) -> int:
+        """Width of the hidden states handed to the fusion hook (last decoder layer, before the segmentation head)."""
+        return self.decoder_dims[-1]
+
 
 __all__ = ["PCMConfig"]

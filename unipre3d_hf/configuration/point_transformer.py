@@ -76,5 +76,10 @@ class PointTransformerConfig(PretrainedConfig):
     def min_points(self) -> int:
         return max(self.num_groups, self.group_size if self.grouper == "knn" else 1)
 
+    @property
+    def fusion_channels(self) -> int:
+        """Width of the hidden states handed to the fusion hook (the last block)."""
+        return self.hidden_size
+
 
 __all__ = ["PointTransformerConfig"]

@@ -114,5 +114,10 @@ class PointMLPConfig(PretrainedConfig):
             n = max(n * reducer, k)
         return n
 
+    @property
+    def fusion_channels(self) -> int:
+        """Width of the hidden states handed to the fusion hook (the last decoder layer)."""
+        return self.decoder_dims[-1]
+
 
 __all__ = ["PointMLPConfig"]

@@ -66,6 +66,7 @@ class PTv3Config(PretrainedConfig):
     """
 
     model_type = "unipre3d_ptv3"
+    fusion_point = "early"
 
     def __init__(
         self,
@@ -166,6 +167,11 @@ class PTv3Config(PretrainedConfig):
         (4,6,12,24); patch 1024 everywhere. 97,317,552 parameters. The repository does not say which configuration
         produced the reported numbers. `kwargs` override fields."""
         return cls(**{**PTV3_FIRST_RELEASE_KWARGS, **kwargs})
+
+    @property
+    def fusion_channels(self) -> int:
+        """Width of the hidden states handed to the fusion hook (the stem embedding)."""
+        return self.enc_channels[0]
 
 
 __all__ = ["PTV3_FIRST_RELEASE_KWARGS", "PTv3Config"]

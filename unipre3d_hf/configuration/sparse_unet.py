@@ -39,6 +39,7 @@ class SparseUNetConfig(PretrainedConfig):
     """
 
     model_type = "unipre3d_sparse_unet"
+    fusion_point = "early"
 
     def __init__(
         self,
@@ -83,6 +84,11 @@ class SparseUNetConfig(PretrainedConfig):
     @property
     def hidden_size(self) -> int:
         return self.out_channels
+
+    @property
+    def fusion_channels(self) -> int:
+        """Width of the hidden states handed to the fusion hook (the stem)."""
+        return self.base_channels
 
 
 __all__ = ["SparseUNetConfig"]

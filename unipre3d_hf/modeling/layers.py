@@ -374,3 +374,53 @@ class MambaMixer(nn.Module):
         if self.bidirectional:
             y = y + self._ssm(xz.flip(1), *next(branches)).flip(1)
         return self.out_proj(y.transpose(1, 2))
+
+
+class FrozenNetwork(nn.Module):
+    """A frozen pre-trained network (the SD VAE, LPIPS's VGG) that is built on first use and kept out of the model's
+    state dict, ``parameters()``, optimiser and checkpoints: the config refers to it by name or path instead.
+
+    It is stored outside PyTorch's module registry, so ``model.to()`` does not move it; :meth:`load` moves it to the
+    device it is called with. Deep copies (e.g. an EMA copy of the model) share the one loaded network. The network
+    always stays in eval mode with ``requires_grad=False``; gradients still flow through it to its inputs.
+
+    Args:
+        builder: zero-argument callable returning the network (e.g. a ``functools.partial`` of a loader).
+        description: what it is, for ``repr`` and error messages.
+    """
+
+    def __init__(self, builder, description: str):
+        super().__init__()
+        self.builder = builder
+        self.description = description
+        self.__dict__["_network"] = None
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.__dict__["_network"] is not None
+
+    def load(self, device: torch.device | str | None = None) -> nn.Module:
+        """Build the network if needed and return it (on ``device`` when given)."""
+        network = self.__dict__["_network"]
+        if network is None:
+            network = self.builder()
+            network.requires_grad_(False)
+            network.eval()
+            self.__dict__["_network"] = network
+        if device is not None:
+            device = torch.device(device)
+            first = next(network.parameters(), None)
+            if first is not None and (
+                first.device.type != device.type or (device.index is not None and first.device.index != device.index)
+            ):
+                network.to(device)
+        return network
+
+    def __deepcopy__(self, memo):
+        twin = FrozenNetwork(self.builder, self.description)
+        twin.__dict__["_network"] = self.__dict__["_network"]
+        twin.train(self.training)
+        return twin
+
+    def extra_repr(self) -> str:
+        return f"{self.description}, loaded={self.is_loaded}"

@@ -34,3 +34,29 @@ class PointBackboneOutput(ModelOutput):
     batch_index: torch.LongTensor | None = None
     point_to_token: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class GaussianPretrainingOutput(ModelOutput):
+    """Output of :class:`UniPre3DForGaussianPretraining`.
+
+    Attributes:
+        loss: scalar total loss = ``reconstruction_loss + lambda_lpips * lpips_loss`` (when targets were given).
+        reconstruction_loss: scalar L2 / L1 / focal-L2 term.
+        lpips_loss: scalar LPIPS term (unweighted), or None while LPIPS is off.
+        rendered_images: ``[B, V, 3, H, W]`` renders of the supervision views (not clamped).
+        target_images: ``[B, V, 3, H, W]`` their ground truth.
+        rendered_alphas: ``[B, V, H, W]`` accumulated opacity of the renders.
+        gaussians: the predicted :class:`~unipre3d_hf.rendering.Gaussians` (padded ``[B, G, ...]`` with a mask; one
+            per backbone output token).
+        last_hidden_state: the backbone's output features (``[B, T, H]`` objects, ``[T, H]`` scenes).
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    lpips_loss: torch.FloatTensor | None = None
+    rendered_images: torch.FloatTensor | None = None
+    target_images: torch.FloatTensor | None = None
+    rendered_alphas: torch.FloatTensor | None = None
+    gaussians: object | None = None
+    last_hidden_state: torch.FloatTensor | None = None

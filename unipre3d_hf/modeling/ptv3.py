@@ -231,8 +231,6 @@ class PTv3Model(PTv3PreTrainedModel):
     serialized and sparsified anew and the whole encoder-decoder runs on it.
     """
 
-    fusion_point = "early"
-
     def __init__(self, config: PTv3Config):
         super().__init__(config)
         eps, momentum = config.bn_eps, config.bn_momentum

@@ -149,8 +149,6 @@ class SparseUNetModel(SparseUNetPreTrainedModel):
     runs on the union and the stem skip connection carries the fused features.
     """
 
-    fusion_point = "early"
-
     def __init__(self, config: SparseUNetConfig):
         super().__init__(config)
         num_stages = len(config.channels) // 2

@@ -78,6 +78,33 @@ def check_packed_points(coords: torch.Tensor, features: torch.Tensor | None, off
             raise ValueError("`features` contains NaN or infinite values")
 
 
+def scene_minimum(coords: torch.Tensor, batch_index: torch.Tensor, num_scenes: int) -> torch.Tensor:
+    """``[B, 3]`` per-scene minimum of ``coords`` ``[P, 3]``: the origin of each scene's voxel grid,
+    ``grid = floor((p - scene_min) / grid_size)``."""
+    return coords.new_full((num_scenes, 3), float("inf")).scatter_reduce(
+        0, batch_index[:, None].expand(-1, 3), coords, reduce="amin"
+    )
+
+
+def voxel_representatives(
+    point_to_voxel: torch.Tensor, num_voxels: int, random: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``[V]`` one point per voxel: the first point (lowest row), or a uniformly random one (Pointcept's
+    ``GridSample`` in train mode), given each point's voxel ``point_to_voxel`` ``[P]`` (every voxel occupied)."""
+    num_points = point_to_voxel.numel()
+    rows = torch.arange(num_points, device=point_to_voxel.device)
+    representative = torch.full((num_voxels,), num_points, dtype=torch.long, device=point_to_voxel.device)
+    if not random:
+        return representative.scatter_reduce_(0, point_to_voxel, rows, reduce="amin")
+    # random priority per point; the point of least priority in each voxel wins
+    prio = torch.rand(num_points, device=point_to_voxel.device, generator=generator)
+    best = torch.full((num_voxels,), 2.0, device=point_to_voxel.device).scatter_reduce(
+        0, point_to_voxel, prio, reduce="amin"
+    )
+    winner = prio == best[point_to_voxel]
+    return representative.scatter_reduce_(0, point_to_voxel[winner], rows[winner], reduce="amin")
+
+
 def voxelize(
     coords: torch.Tensor,
     offsets: torch.Tensor,
@@ -102,9 +129,7 @@ def voxelize(
     num_points = coords.shape[0]
     batch = offsets_to_batch_index(offsets, num_points)
     num_scenes = offsets.numel()
-    scene_min = coords.new_full((num_scenes, 3), float("inf")).scatter_reduce(
-        0, batch[:, None].expand(-1, 3), coords, reduce="amin"
-    )
+    scene_min = scene_minimum(coords, batch, num_scenes)
     grid = torch.floor((coords - scene_min[batch]) / grid_size).long()
     if grid.max() >= MAX_GRID_COORD:
         raise ValueError(
@@ -114,19 +139,7 @@ def voxelize(
     keys = pack_voxel_keys(batch, grid)
     uniq, point_to_voxel, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
     num_voxels = uniq.numel()
-    rows = torch.arange(num_points, device=coords.device)
-    if random_representative:
-        # random priority per point; the point of least priority in each voxel wins
-        prio = torch.rand(num_points, device=coords.device, generator=generator)
-        best = torch.full((num_voxels,), 2.0, device=coords.device).scatter_reduce(
-            0, point_to_voxel, prio, reduce="amin"
-        )
-        winner = prio == best[point_to_voxel]
-        representative = torch.full((num_voxels,), num_points, dtype=torch.long, device=coords.device)
-        representative.scatter_reduce_(0, point_to_voxel[winner], rows[winner], reduce="amin")
-    else:
-        representative = torch.full((num_voxels,), num_points, dtype=torch.long, device=coords.device)
-        representative.scatter_reduce_(0, point_to_voxel, rows, reduce="amin")
+    representative = voxel_representatives(point_to_voxel, num_voxels, random_representative, generator)
     sums = coords.new_zeros(num_voxels, 3).index_add_(0, point_to_voxel, coords)
     mean_coords = sums / counts[:, None].to(coords.dtype)
     return Voxelization(
@@ -152,4 +165,13 @@ def segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int)
     return out.scatter_reduce(0, segment[:, None].expand_as(values), values, reduce="mean", include_self=False)
 
 
-__all__ = ["Voxelization", "check_packed_points", "offsets_to_batch_index", "segment_max", "segment_mean", "voxelize"]
+__all__ = [
+    "Voxelization",
+    "check_packed_points",
+    "offsets_to_batch_index",
+    "scene_minimum",
+    "segment_max",
+    "segment_mean",
+    "voxel_representatives",
+    "voxelize",
+]

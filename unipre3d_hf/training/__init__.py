@@ -15,6 +15,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .ema import EMA, ema_decay
+from .losses import RECONSTRUCTION_LOSSES, LPIPSLoss, foreground_mask, reconstruction_loss
 from .metrics import ViewMetricAccumulator, accuracy, confusion_matrix, iou_per_class, mean_iou, psnr, ssim
 from .optim import PAPER_LR_SCHEDULES, all_grads_finite, build_optimizer, build_scheduler
 from .tracking import JSONLinesTracker, build_trackers
@@ -23,7 +24,9 @@ from .visualization import save_render_grid
 __all__ = [
     "EMA",
     "JSONLinesTracker",
+    "LPIPSLoss",
     "PAPER_LR_SCHEDULES",
+    "RECONSTRUCTION_LOSSES",
     "ViewMetricAccumulator",
     "accuracy",
     "all_grads_finite",
@@ -33,12 +36,14 @@ __all__ = [
     "checkpoint_info",
     "confusion_matrix",
     "ema_decay",
+    "foreground_mask",
     "iou_per_class",
     "latest_checkpoint",
     "list_checkpoints",
     "mean_iou",
     "psnr",
     "read_best",
+    "reconstruction_loss",
     "resolve_resume",
     "save_best",
     "save_checkpoint",
