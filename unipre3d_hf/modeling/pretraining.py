@@ -109,10 +109,10 @@ class ConvImageEncoder(nn.Module):
         half = channels // 2
         self.layers = nn.Sequential(
             nn.Conv2d(3, half, 3, padding=1),
-            nn.GroupNorm(8, half),
+            nn.GroupNorm(_num_groups(half, 8), half),
             nn.SiLU(),
             nn.Conv2d(half, channels, 3, padding=2, dilation=2),
-            nn.GroupNorm(8, channels),
+            nn.GroupNorm(_num_groups(channels, 8), channels),
             nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=4, dilation=4),
         )

@@ -1,0 +1,458 @@
+#!/usr/bin/env python
+"""UniPre3D pre-training with Accelerate, on 1 CPU to N GPUs.
+
+    accelerate launch scripts/pretrain.py --config configs/pretrain/ptv3_scannet.yaml
+    python scripts/pretrain.py --config configs/pretrain/demo_objects.yaml            # the CPU demo, ~5 minutes
+    python scripts/pretrain.py --config configs/pretrain/demo_objects.yaml --max_steps 50 --model.initial_scale 0.05
+
+Any field of ``PretrainArguments`` can be overridden on the command line as ``--<field> <value>`` (values are parsed
+as YAML: ``--image_size 64``, ``--use_ema false``); dict fields take ``--backbone.<key> <value>`` /
+``--model.<key> <value>``. ``--resume latest`` continues the newest complete checkpoint in ``output_dir``.
+
+What a run writes under ``output_dir``: ``checkpoint-<step>/`` (Accelerate state: model, optimizer, scheduler, EMA,
+RNG; the last ``keep_last`` kept, written crash-safely), ``best/`` (the EMA model with the best validation
+``psnr_novel``), ``renders/step-<step>.png`` (reference, render and ground truth of validation samples at every
+evaluation), ``logs/<run>/metrics.jsonl`` (and TensorBoard when installed) and, at the end, ``backbone/``: the EMA
+backbone, loadable with ``AutoModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import yaml
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import unipre3d_hf  # noqa: F401  (registers the Auto classes)
+from unipre3d_hf import UniPre3DConfig, UniPre3DForGaussianPretraining
+from unipre3d_hf.data import (
+    ObjectPretrainingCollator,
+    ObjectViewSampler,
+    ScenePretrainingCollator,
+    SceneViewSampler,
+    load_mini_dataset,
+    load_pretraining_dataset,
+)
+from unipre3d_hf.training import (
+    EMA,
+    ViewMetricAccumulator,
+    all_grads_finite,
+    build_optimizer,
+    build_scheduler,
+    build_trackers,
+    checkpoint_info,
+    psnr,
+    resolve_resume,
+    save_best,
+    save_checkpoint,
+    save_render_grid,
+)
+
+logger = logging.getLogger("pretrain")
+MINI_SETS = ("objects-mini", "scenes-mini")
+
+
+@dataclass
+class PretrainArguments:
+    """Everything a run needs. The YAML presets in ``configs/pretrain/`` set these fields."""
+
+    # model: UniPre3DConfig.from_preset(preset, backbone_kwargs=backbone, **model)
+    preset: str = "pointmlp_shapenet"
+    backbone: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    # data: "objects-mini" / "scenes-mini" (built under data_root when missing), a folder or a Hub dataset id
+    dataset: str = "objects-mini"
+    data_root: str = "data"
+    train_split: str = "train"
+    val_split: str = "validation"
+    num_points: int = 1024  # object level: points per cloud
+    point_sampling: str = "fps"  # object level: "fps" (the paper), "random", or "first" (mini sets store FPS order)
+    image_size: int | list | None = None  # resize images (and intrinsics); None keeps the stored size
+    num_reference: int = 8  # scene level: reference frames (each paired with a supervision frame)
+    max_scene_points: int | None = None  # scene level: cap per scene (PTv3: 80000, by FPS)
+    augment: bool = True
+    num_workers: int = 0
+    skip_corrupt: bool = True  # report and skip unreadable samples instead of stopping
+    # optimisation (method reference 7.5): AdamW, per-iteration StepLR, clipping, non-finite steps skipped
+    output_dir: str = "outputs/pretrain"
+    max_steps: int = 100_000
+    batch_size: int = 32  # global batch per optimizer step (all processes and accumulation steps)
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
+    adam_epsilon: float = 1e-15
+    lr_step_size: int = 20_000
+    lr_gamma: float = 0.8
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    seed: int = 42
+    use_ema: bool = True
+    ema_beta: float = 0.9999
+    ema_update_every: int = 10
+    ema_update_after_step: int = 100
+    find_unused_parameters: bool = False
+    sync_batchnorm: bool = True  # SyncBatchNorm across GPUs (CUDA, more than one process)
+    # logging, evaluation, checkpoints
+    log_every: int = 10
+    eval_every: int = 2000
+    eval_at_start: bool = True
+    val_samples: int | None = None  # None = the whole validation split
+    val_views: int = 4  # object level: supervision views per validation sample (besides the reference)
+    val_batch_size: int = 8
+    grid_samples: int = 4
+    save_every: int = 2000
+    keep_last: int = 3
+    resume: str | None = None  # None, "latest" or a checkpoint folder
+    run_name: str = "pretrain"
+
+
+# --------------------------------------------------------------------------------------------------- arguments
+def _coerce(value: str):
+    """A command-line value parsed as YAML; "1e-3" (a string to YAML 1.1) becomes a float."""
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:
+            return float(parsed)
+        except ValueError:
+            return parsed
+    return parsed
+
+
+def parse_args(argv: list[str] | None = None) -> PretrainArguments:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="a YAML preset (configs/pretrain/*.yaml)")
+    known, rest = parser.parse_known_args(argv)
+    values: dict = {}
+    if known.config:
+        with open(known.config) as f:
+            values = yaml.safe_load(f) or {}
+    names = {f.name for f in dataclasses.fields(PretrainArguments)}
+    unknown = set(values) - names
+    if unknown:
+        raise SystemExit(f"{known.config}: unknown fields {sorted(unknown)}; see PretrainArguments in {__file__}")
+    if len(rest) % 2:
+        raise SystemExit(f"overrides come in pairs `--field value`, got {rest}")
+    for key, value in zip(rest[::2], rest[1::2]):
+        if not key.startswith("--"):
+            raise SystemExit(f"expected `--field value`, got {key!r}")
+        key = key[2:].replace("-", "_") if "." not in key else key[2:]
+        head, _, sub = key.partition(".")
+        if head not in names:
+            raise SystemExit(f"unknown field --{head}; fields: {sorted(names)}")
+        if sub:
+            if head not in ("backbone", "model"):
+                raise SystemExit(f"only `backbone` and `model` take dotted keys, got --{key}")
+            values.setdefault(head, {})
+            values[head] = {**values[head], sub: _coerce(value)}
+        else:
+            values[head] = _coerce(value)
+    return PretrainArguments(**values)
+
+
+# -------------------------------------------------------------------------------------------------------- data
+def load_split(args: PretrainArguments, split: str):
+    if args.dataset in MINI_SETS:
+        return load_mini_dataset(args.dataset, root=args.data_root, split=split)
+    return load_pretraining_dataset(args.dataset, split=split)
+
+
+def build_collators(args: PretrainArguments, level: str, background, num_views: int):
+    size = tuple(args.image_size) if isinstance(args.image_size, list) else args.image_size
+    if level == "object":
+        train = ObjectPretrainingCollator(
+            num_points=args.num_points, point_sampling=args.point_sampling, image_size=size, background=background,
+            augment=args.augment, skip_corrupt=args.skip_corrupt,
+        )  # fmt: skip
+        val = ObjectPretrainingCollator(
+            num_points=args.num_points, point_sampling=args.point_sampling, image_size=size, background=background,
+            augment=False, view_sampler=ObjectViewSampler(mode="eval", num_supervision=min(args.val_views, num_views - 1)),
+            skip_corrupt=args.skip_corrupt, seed=0,
+        )  # fmt: skip
+    else:
+        from unipre3d_hf.data import SceneAugmentation
+
+        train = ScenePretrainingCollator(
+            view_sampler=SceneViewSampler(num_reference=args.num_reference), image_size=size, background=background,
+            augmentation=SceneAugmentation() if args.augment else None, max_points=args.max_scene_points,
+            return_labels=False, skip_corrupt=args.skip_corrupt,
+        )  # fmt: skip
+        val = ScenePretrainingCollator(
+            view_sampler=SceneViewSampler(num_reference=args.num_reference, mode="eval"), image_size=size,
+            background=background, max_points=args.max_scene_points, max_points_method="fps", return_labels=False,
+            skip_corrupt=args.skip_corrupt, seed=0,
+        )  # fmt: skip
+    return train, val
+
+
+def _num_views(dataset) -> int:
+    return len(dataset[0]["camera_to_world"])
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, val_rows, collator, args, accelerator, level: str, background) -> tuple[dict, list]:
+    """PSNR/SSIM on reference and novel views of this process's share of the validation rows, reduced over all
+    processes; plus render-grid rows (reference, then render / ground truth of up to two novel views) of the main
+    process's first ``grid_samples`` samples."""
+    model.eval()
+    metrics = ViewMetricAccumulator(background=background, device=accelerator.device)
+    grid = []
+    for start in range(0, len(val_rows), args.val_batch_size):
+        batch = _to_device(collator(val_rows[start : start + args.val_batch_size]), accelerator.device)
+        num_ref = batch["reference_images"].shape[1]
+        if level == "object":  # render the reference view(s) too: they are scored as "reference" views
+            for key in ("images", "c2w", "intrinsics"):
+                batch[f"target_{key}"] = torch.cat([batch[f"reference_{key}"], batch[f"target_{key}"]], dim=1)
+            is_reference = torch.arange(batch["target_images"].shape[1], device=accelerator.device) < num_ref
+        else:  # scene level: the supervision frames are all novel
+            is_reference = torch.zeros(batch["target_images"].shape[1], dtype=torch.bool, device=accelerator.device)
+        with accelerator.autocast():
+            out = model(**batch)
+        rendered = out.rendered_images.float()
+        metrics.add(rendered, batch["target_images"].float(), is_reference, batch["background"])
+        novel = (~is_reference).nonzero().flatten()[:2].tolist()
+        for b in range(rendered.shape[0]):
+            if len(grid) < args.grid_samples:
+                row = [batch["reference_images"][b, 0].float().cpu()]
+                for v in novel:
+                    row += [rendered[b, v].clamp(0, 1).cpu(), batch["target_images"][b, v].float().cpu()]
+                grid.append(row)
+    state = accelerator.reduce(metrics.state(), "sum")
+    return metrics.compute_from_state(state), grid
+
+
+def run_evaluation(model_eval, val_rows, val_collator, args, accelerator, level, background, step, output_dir):
+    results, grid = evaluate(model_eval, val_rows, val_collator, args, accelerator, level, background)
+    if accelerator.is_main_process and grid:
+        save_render_grid(os.path.join(output_dir, "renders", f"step-{step:07d}.png"), grid)
+    return {f"val/{k}": v for k, v in results.items()}
+
+
+# ------------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    output_dir = args.output_dir
+    accelerator = Accelerator(
+        # without CUDA, several processes (e.g. `accelerate launch --multi_gpu --num_processes 2`) run on CPU with gloo
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=build_trackers(os.path.join(output_dir, "logs"), args.run_name),
+        project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=os.path.join(output_dir, "logs")),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)],
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,  # the StepLR is per iteration, stepped once per optimizer step
+    )
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    set_seed(args.seed)
+    world = accelerator.num_processes
+    per_process, remainder = divmod(args.batch_size, world * args.gradient_accumulation_steps)
+    if remainder or per_process < 1:
+        raise SystemExit(
+            f"batch_size={args.batch_size} must be a multiple of num_processes x gradient_accumulation_steps = "
+            f"{world} x {args.gradient_accumulation_steps}"
+        )
+
+    config = UniPre3DConfig.from_preset(args.preset, backbone_kwargs=args.backbone, **args.model)
+    level, background = config.level, tuple(config.background)
+    with accelerator.main_process_first():  # the main process builds a missing mini set first
+        train_ds = load_split(args, args.train_split)
+        val_ds = load_split(args, args.val_split)
+    num_val = len(val_ds) if args.val_samples is None else min(args.val_samples, len(val_ds))
+    val_rows = [val_ds[i] for i in range(accelerator.process_index, num_val, world)]
+    train_collator, val_collator = build_collators(args, level, background, _num_views(val_ds))
+    train_loader = DataLoader(
+        train_ds, batch_size=per_process, shuffle=True, drop_last=True, collate_fn=train_collator,
+        num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
+    )  # fmt: skip
+    if len(train_loader) < args.gradient_accumulation_steps * world:
+        raise SystemExit(f"the training split has too few rows ({len(train_ds)}) for batch_size={args.batch_size}")
+
+    model = UniPre3DForGaussianPretraining(config)
+    if model.image_encoder is not None and hasattr(model.image_encoder, "load"):
+        with accelerator.main_process_first():  # download the frozen VAE once
+            model.image_encoder.load()
+    if model.lpips is not None and args.max_steps > config.lpips_start_step:
+        with accelerator.main_process_first():  # fail now, not at step lpips_start_step, if LPIPS is unavailable
+            model.lpips.network.load()
+    if args.sync_batchnorm and world > 1 and accelerator.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    groups = {
+        "point_network": [*model.backbone.parameters(), *model.gaussian_head.parameters()],
+        "fusion": list(model.fusion.parameters()) if model.fusion is not None else [],
+        "image_encoder": [
+            p for m in (model.image_encoder, model.image_projection) if m is not None for p in m.parameters()
+        ],
+    }
+    optimizer = build_optimizer(
+        groups, lr=args.learning_rate, weight_decay=args.weight_decay, betas=tuple(args.adam_betas),
+        eps=args.adam_epsilon,
+    )  # fmt: skip
+    scheduler = build_scheduler(optimizer, args.lr_step_size, args.lr_gamma)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    ema = None
+    if args.use_ema:
+        ema = EMA(
+            accelerator.unwrap_model(model), beta=args.ema_beta, update_every=args.ema_update_every,
+            update_after_step=args.ema_update_after_step,
+        )  # fmt: skip
+        accelerator.register_for_checkpointing(ema)
+
+    step = 0
+    resume_from = resolve_resume(output_dir, args.resume)
+    if resume_from is not None:
+        accelerator.load_state(resume_from)
+        step = int(checkpoint_info(resume_from)["step"])
+        logger.info("resumed from %s at step %d", resume_from, step)
+    accelerator.init_trackers(args.run_name, config={k: str(v) for k, v in dataclasses.asdict(args).items()})
+    if accelerator.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "pretrain_args.json"), "w") as f:
+            json.dump(dataclasses.asdict(args), f, indent=2)
+        n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+        logger.info(
+            "%s: %s level, %.2fM trainable parameters, %d processes x %d samples x %d accumulation, %d steps",
+            args.preset, level, n_params / 1e6, world, per_process, args.gradient_accumulation_steps, args.max_steps,
+        )  # fmt: skip
+
+    def model_for_eval():
+        return ema.model if ema is not None else accelerator.unwrap_model(model)
+
+    history: dict = {}
+    if args.eval_at_start and step == 0:
+        history["initial"] = run_evaluation(
+            model_for_eval(), val_rows, val_collator, args, accelerator, level, background, step, output_dir
+        )
+        accelerator.log(history["initial"], step=step)
+        logger.info("step 0 validation: %s", _fmt(history["initial"]))
+
+    batches_per_step = args.gradient_accumulation_steps
+    steps_per_epoch = len(train_loader) // batches_per_step
+    epoch, skip_batches = divmod(step, steps_per_epoch)
+    skip_batches *= batches_per_step
+    progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_main_process, desc="pretrain")
+    skipped_steps, window_start, window_samples = 0, time.perf_counter(), 0
+    last_eval = None
+    model.train()
+    while step < args.max_steps:
+        train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+        skip_batches = 0
+        for batch in loader:
+            with accelerator.accumulate(model):
+                out = model(**batch, global_step=step)
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    # skip the step on every rank when any rank sees a non-finite gradient (method reference 7.5)
+                    finite = accelerator.reduce(all_grads_finite(model), "min")
+                    if finite.item() < 1:
+                        skipped_steps += 1
+                        logger.warning("step %d: non-finite gradient, step skipped", step + 1)
+                    else:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            window_samples += batch["offsets"].numel() if "offsets" in batch else batch["points"].shape[0]
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
+            if step % args.log_every == 0 or step == args.max_steps:
+                with torch.no_grad():
+                    train_psnr = psnr(out.rendered_images.detach().float(), out.target_images.float()).mean()
+                logs = accelerator.reduce(
+                    torch.stack([out.loss.detach().float(), out.reconstruction_loss.detach().float(), train_psnr]),
+                    "mean",
+                ).tolist()
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "train/loss": logs[0],
+                    "train/reconstruction_loss": logs[1],
+                    "train/psnr": logs[2],
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/samples_per_second": window_samples * world / max(elapsed, 1e-9),
+                    "train/step_time": elapsed / args.log_every if step % args.log_every == 0 else elapsed,
+                    "train/skipped_steps": skipped_steps,
+                    "train/epoch": epoch,
+                }
+                if out.lpips_loss is not None:
+                    record["train/lpips"] = accelerator.reduce(out.lpips_loss.detach().float(), "mean").item()
+                if accelerator.device.type == "cuda":
+                    record["train/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                accelerator.log(record, step=step)
+                progress.set_postfix(loss=f"{logs[0]:.4f}", psnr=f"{logs[2]:.2f}")
+                window_start, window_samples = time.perf_counter(), 0
+            if step % args.eval_every == 0 or step == args.max_steps:
+                last_eval = run_evaluation(
+                    model_for_eval(), val_rows, val_collator, args, accelerator, level, background, step, output_dir
+                )
+                model.train()
+                accelerator.log(last_eval, step=step)
+                logger.info("step %d validation: %s", step, _fmt(last_eval))
+                best_source = model_for_eval()
+                save_best(accelerator, best_source, output_dir, "psnr_novel", last_eval["val/psnr_novel"], step)
+            if step % args.save_every == 0 or step == args.max_steps:
+                save_checkpoint(accelerator, output_dir, step, keep_last=args.keep_last)
+            if step >= args.max_steps:
+                break
+        epoch += 1
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    # every rank's weights must be identical after DDP training: compare their checksums
+    checksums = gather_object([weights_checksum(accelerator.unwrap_model(model))])
+    history.update(final=last_eval, step=step, skipped_steps=skipped_steps, weight_checksums=checksums)
+    history["skipped_samples"] = [list(s) for s in getattr(train_collator, "skipped", [])]
+    if accelerator.is_main_process:
+        backbone = model_for_eval().backbone
+        backbone.save_pretrained(os.path.join(output_dir, "backbone"))
+        logger.info("saved the %sbackbone to %s", "EMA " if ema else "", os.path.join(output_dir, "backbone"))
+        if len(set(checksums)) != 1:
+            logger.error("the processes ended with different weights: %s", checksums)
+        with open(os.path.join(output_dir, "final.json"), "w") as f:
+            json.dump(history, f, indent=2)
+    accelerator.end_training()
+    return history
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter (name, dtype, bytes), to compare the processes' weights. Buffers are left out:
+    without SyncBatchNorm (CPU), each process keeps BatchNorm running statistics of its own batches."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(
+        f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,125 @@
+"""scripts/pretrain.py end to end on tiny data: a run, exact resume, a corrupt sample, the scene level, and two
+processes (gloo) ending with identical weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("pybullet")
+
+from unipre3d_hf.data import build_objects_mini, build_scenes_mini  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "pretrain.py"
+spec = importlib.util.spec_from_file_location("pretrain_script", SCRIPT)
+pretrain = importlib.util.module_from_spec(spec)
+sys.modules["pretrain_script"] = pretrain
+spec.loader.exec_module(pretrain)
+
+TINY_POINTMLP = (
+    "--backbone.embed_dim 8 --backbone.dim_expansion [2] --backbone.reducers [2] --backbone.k_neighbors [8] "
+    "--backbone.pre_blocks [1] --backbone.pos_blocks [1] --backbone.decoder_dims [16] --backbone.decoder_blocks [1]"
+).split()
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "objects"
+    build_objects_mini(str(path), num_objects=2, poses=2, views=5, image_size=32, num_points=128, seed=1,
+                       show_progress=False)  # fmt: skip
+    return str(path)
+
+
+def object_args(dataset: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "--preset", "pointmlp_shapenet", *TINY_POINTMLP,
+        "--model.image_encoder", "conv", "--model.image_encoder_channels", "8", "--model.initial_scale", "0.05",
+        "--model.lambda_lpips", "0", "--dataset", dataset, "--num_points", "64", "--point_sampling", "first",
+        "--image_size", "16", "--batch_size", "2", "--learning_rate", "1e-3", "--output_dir", str(out),
+        "--log_every", "1", "--eval_every", "100", "--eval_at_start", "false", "--val_samples", "1", "--val_views", "2",
+        "--ema_update_every", "1", "--ema_update_after_step", "1", "--seed", "3", *extra,
+    ]  # fmt: skip
+
+
+def test_run_writes_everything_and_resume_is_exact(objects, tmp_path):
+    full = pretrain.main(object_args(objects, tmp_path / "full", "--max_steps", "4", "--save_every", "2"))
+    assert full["step"] == 4 and full["skipped_steps"] == 0 and full["final"]["val/psnr_novel"] > 0
+    for name in ("backbone/config.json", "best/best.json", "checkpoint-4/COMPLETE", "final.json",
+                 "logs/pretrain/metrics.jsonl", "renders/step-0000004.png"):  # fmt: skip
+        assert (tmp_path / "full" / name).exists(), name
+    lines = (tmp_path / "full/logs/pretrain/metrics.jsonl").read_text().splitlines()
+    assert sum('"train/loss"' in line for line in lines) == 4
+    # stop at step 2, then resume from the latest checkpoint: the same weights, optimizer and EMA as the full run
+    pretrain.main(object_args(objects, tmp_path / "part", "--max_steps", "2", "--save_every", "2"))
+    resumed = pretrain.main(
+        object_args(objects, tmp_path / "part", "--max_steps", "4", "--save_every", "2", "--resume", "latest")
+    )
+    assert resumed["step"] == 4
+    a = load_file(tmp_path / "full/checkpoint-4/model.safetensors")
+    b = load_file(tmp_path / "part/checkpoint-4/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ema_a = torch.load(tmp_path / "full/checkpoint-4/custom_checkpoint_0.pkl", weights_only=False)
+    ema_b = torch.load(tmp_path / "part/checkpoint-4/custom_checkpoint_0.pkl", weights_only=False)
+    assert ema_a["step"] == ema_b["step"] == 4
+    assert all(torch.equal(ema_a["model"][k], ema_b["model"][k]) for k in ema_a["model"])
+    # the exported backbone is the EMA backbone and loads with AutoModel
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(tmp_path / "full" / "backbone")
+    ema_backbone = {k[len("backbone.") :]: v for k, v in ema_a["model"].items() if k.startswith("backbone.")}
+    assert all(torch.equal(v, ema_backbone[k]) for k, v in backbone.state_dict().items())
+
+
+def test_corrupt_sample_is_reported_and_skipped(objects, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(objects, broken)
+    shard = sorted((broken / "data").glob("train-*.parquet"))[0]
+    rows = pq.read_table(shard).to_pylist()
+    rows[0]["images"][0]["bytes"] = b"not a png"
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), shard)
+    result = pretrain.main(object_args(str(broken), tmp_path / "out", "--max_steps", "4", "--save_every", "4"))
+    assert result["step"] == 4
+    assert result["skipped_samples"] and all(sid == rows[0]["id"] for sid, _ in result["skipped_samples"])
+
+
+def test_scene_level_runs_end_to_end(tmp_path):
+    scenes = tmp_path / "scenes"
+    build_scenes_mini(str(scenes), num_scenes=3, frames=8, width=32, height=24, voxel_size=0.05, seed=1,
+                      show_progress=False)  # fmt: skip
+    result = pretrain.main([
+        "--preset", "sparse_unet_scannet", "--backbone.base_channels", "8",
+        "--backbone.channels", "[8, 16, 16, 16, 16, 16, 8, 8]", "--backbone.layers", "[1, 1, 1, 1, 1, 1, 1, 1]",
+        "--model.image_encoder", "conv", "--model.image_encoder_channels", "8", "--model.initial_scale", "0.02",
+        "--model.lambda_lpips", "0", "--dataset", str(scenes), "--val_split", "train", "--num_reference", "2",
+        "--batch_size", "2", "--max_steps", "3", "--output_dir", str(tmp_path / "out"), "--log_every", "1",
+        "--eval_every", "3", "--save_every", "3", "--val_samples", "1",
+    ])  # fmt: skip
+    assert result["step"] == 3 and result["final"]["val/psnr_novel"] > 0
+    assert (tmp_path / "out/backbone/config.json").exists()
+
+
+def test_two_processes_end_with_identical_weights(objects, tmp_path):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    if accelerate is None:
+        pytest.skip("the accelerate command line is not installed next to this Python")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(SCRIPT),
+           *object_args(objects, tmp_path / "ddp", "--max_steps", "3", "--save_every", "3")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((tmp_path / "ddp" / "final.json").read_text())
+    assert final["step"] == 3 and len(final["weight_checksums"]) == 2
+    assert final["weight_checksums"][0] == final["weight_checksums"][1]
