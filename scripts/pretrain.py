@@ -165,8 +165,11 @@ def parse_args(argv: list[str] | None = None) -> PretrainArguments:
 # -------------------------------------------------------------------------------------------------------- data
 def load_split(args: PretrainArguments, split: str):
     if args.dataset in MINI_SETS:
-        return load_mini_dataset(args.dataset, root=args.data_root, split=split)
-    return load_pretraining_dataset(args.dataset, split=split)
+        dataset = load_mini_dataset(args.dataset, root=args.data_root, split=split)
+    else:
+        dataset = load_pretraining_dataset(args.dataset, split=split)
+    # plain Python rows: the collators take them, and they decode about 4x faster than NumPy-formatted rows
+    return dataset.with_format(None)
 
 
 def build_collators(args: PretrainArguments, level: str, background, num_views: int):
@@ -178,8 +181,8 @@ def build_collators(args: PretrainArguments, level: str, background, num_views: 
         )  # fmt: skip
         val = ObjectPretrainingCollator(
             num_points=args.num_points, point_sampling=args.point_sampling, image_size=size, background=background,
-            augment=False, view_sampler=ObjectViewSampler(mode="eval", num_supervision=min(args.val_views, num_views - 1)),
-            skip_corrupt=args.skip_corrupt, seed=0,
+            augment=False, skip_corrupt=args.skip_corrupt, seed=0,
+            view_sampler=ObjectViewSampler(mode="eval", num_supervision=min(args.val_views, num_views - 1)),
         )  # fmt: skip
     else:
         from unipre3d_hf.data import SceneAugmentation

@@ -123,3 +123,16 @@ def test_two_processes_end_with_identical_weights(objects, tmp_path):
     final = json.loads((tmp_path / "ddp" / "final.json").read_text())
     assert final["step"] == 3 and len(final["weight_checksums"]) == 2
     assert final["weight_checksums"][0] == final["weight_checksums"][1]
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs" / "pretrain").glob("*.yaml")))
+def test_presets_parse_into_valid_configs(preset):
+    from unipre3d_hf import UniPre3DConfig
+
+    args = pretrain.parse_args(["--config", str(ROOT / "configs" / "pretrain" / f"{preset}.yaml")])
+    config = UniPre3DConfig.from_preset(args.preset, backbone_kwargs=args.backbone, **args.model)
+    assert config.level == ("object" if args.preset.endswith("shapenet") else "scene")
+    assert args.batch_size >= 1 and args.max_steps >= 1
+    if not preset.endswith("mini") and not preset.startswith("demo"):  # the paper's schedules (method reference 7.6)
+        assert config.image_encoder == "sd-vae" and args.learning_rate == 1e-4 and args.adam_epsilon == 1e-15
+        assert (args.lr_step_size, args.lr_gamma, args.max_steps) in ((20_000, 0.8, 100_000), (10_000, 0.9, 60_000))
