@@ -117,6 +117,9 @@ class PretrainArguments:
     keep_last: int = 3
     resume: str | None = None  # None, "latest" or a checkpoint folder
     run_name: str = "pretrain"
+    # benchmark: after training, time this many forward+backward passes on one batch with batched rendering and with
+    # the paper's loop of one rasterizer call per (sample, view) (method reference 6.1); results in final.json
+    compare_render_loop: int = 0
 
 
 # --------------------------------------------------------------------------------------------------- arguments
@@ -422,6 +425,9 @@ def main(argv: list[str] | None = None) -> dict:
         epoch += 1
     progress.close()
 
+    if args.compare_render_loop > 0:
+        history["render_loop_comparison"] = compare_render_loop(model, batch, args.compare_render_loop, accelerator)
+        logger.info("render comparison (forward + backward per step): %s", history["render_loop_comparison"])
     accelerator.wait_for_everyone()
     # every rank's weights must be identical after DDP training: compare their checksums
     checksums = gather_object([weights_checksum(accelerator.unwrap_model(model))])
@@ -437,6 +443,60 @@ def main(argv: list[str] | None = None) -> dict:
             json.dump(history, f, indent=2)
     accelerator.end_training()
     return history
+
+
+def per_view_render(gaussians, cameras, background=None, backend="auto", **kwargs):
+    """The paper's rendering for comparison: one rasterizer call per (sample, view), results stacked."""
+    from unipre3d_hf.rendering import Cameras, Gaussians, RenderOutput, render
+
+    colors, alphas, depths = [], [], []
+    for b in range(cameras.batch_size):
+        fields = (gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.sh, gaussians.mask)
+        sample = Gaussians(*(None if t is None else t[b : b + 1] for t in fields))
+        for v in range(cameras.num_views):
+            camera = Cameras(
+                cameras.world_to_camera[b : b + 1, v : v + 1], cameras.intrinsics[b : b + 1, v : v + 1],
+                cameras.width, cameras.height, cameras.near, cameras.far,
+            )  # fmt: skip
+            bg = background[b : b + 1] if isinstance(background, torch.Tensor) else background
+            out = render(sample, camera, bg, backend=backend, **kwargs)
+            colors.append(out.colors)
+            alphas.append(out.alphas)
+            depths.append(out.depths)
+    b, v = cameras.batch_size, cameras.num_views
+    stack = [torch.cat(t, dim=1).view(b, v, *t[0].shape[2:]) for t in (colors, alphas, depths)]
+    return RenderOutput(*stack, backend=out.backend)
+
+
+def compare_render_loop(model, batch: dict, steps: int, accelerator) -> dict:
+    """Median seconds of a forward + backward pass on ``batch`` with batched rendering and with the per-view loop."""
+    import unipre3d_hf.modeling.pretraining as pretraining_module
+
+    def sync():
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    results = {}
+    original = pretraining_module.render
+    model.train()
+    for mode, fn in (("batched", original), ("per_view_loop", per_view_render)):
+        pretraining_module.render = fn
+        try:
+            times = []
+            for _ in range(steps + 1):  # the first pass warms up
+                sync()
+                start = time.perf_counter()
+                with accelerator.autocast():
+                    out = model(**batch)
+                accelerator.backward(out.loss)
+                sync()
+                times.append(time.perf_counter() - start)
+                model.zero_grad(set_to_none=True)
+        finally:
+            pretraining_module.render = original
+        results[f"{mode}_seconds"] = sorted(times[1:])[len(times[1:]) // 2]
+    results["speedup"] = results["per_view_loop_seconds"] / results["batched_seconds"]
+    return results
 
 
 def weights_checksum(model: torch.nn.Module) -> str:

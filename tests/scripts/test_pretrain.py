@@ -136,3 +136,22 @@ def test_presets_parse_into_valid_configs(preset):
     if not preset.endswith("mini") and not preset.startswith("demo"):  # the paper's schedules (method reference 7.6)
         assert config.image_encoder == "sd-vae" and args.learning_rate == 1e-4 and args.adam_epsilon == 1e-15
         assert (args.lr_step_size, args.lr_gamma, args.max_steps) in ((20_000, 0.8, 100_000), (10_000, 0.9, 60_000))
+
+
+def test_per_view_render_loop_matches_batched_rendering():
+    from tests.models.test_pretraining import object_batch
+    from unipre3d_hf.rendering import Cameras, Gaussians, render
+
+    batch = object_batch(batch=2, num_points=32, size=12, targets=3)
+    g = torch.Generator().manual_seed(0)
+    gaussians = Gaussians(
+        batch["points"], torch.randn(2, 32, 4, generator=g), torch.full((2, 32, 3), 0.05),
+        torch.rand(2, 32, generator=g), torch.randn(2, 32, 4, 3, generator=g) * 0.3,
+    )  # fmt: skip
+    cameras = Cameras.from_camera_to_world(batch["target_c2w"], batch["target_intrinsics"], 12, 12)
+    background = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    batched = render(gaussians, cameras, background, backend="torch")
+    looped = pretrain.per_view_render(gaussians, cameras, background, backend="torch")
+    assert looped.colors.shape == batched.colors.shape == (2, 3, 12, 12, 3)
+    assert torch.allclose(looped.colors, batched.colors, atol=1e-5)
+    assert torch.allclose(looped.alphas, batched.alphas, atol=1e-5)
