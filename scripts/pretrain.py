@@ -120,6 +120,9 @@ class PretrainArguments:
     # benchmark: after training, time this many forward+backward passes on one batch with batched rendering and with
     # the paper's loop of one rasterizer call per (sample, view) (method reference 6.1); results in final.json
     compare_render_loop: int = 0
+    # testing aid: at this step the main process writes NaN into one of its gradients (after DDP's all-reduce, so only
+    # its copy is bad); every process must then skip the step together
+    nan_grad_step: int | None = None
 
 
 # --------------------------------------------------------------------------------------------------- arguments
@@ -366,10 +369,13 @@ def main(argv: list[str] | None = None) -> dict:
             with accelerator.accumulate(model):
                 out = model(**batch, global_step=step)
                 accelerator.backward(out.loss)
+                if accelerator.sync_gradients and args.nan_grad_step == step + 1 and accelerator.is_main_process:
+                    next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("nan"))
                 if accelerator.sync_gradients:
                     # skip the step on every rank when any rank sees a non-finite gradient (method reference 7.5)
-                    finite = accelerator.reduce(all_grads_finite(model), "min")
-                    if finite.item() < 1:
+                    # (accelerate's reduce knows sum / mean / max only: count the processes with a bad gradient)
+                    num_bad = accelerator.reduce(1.0 - all_grads_finite(model), "sum")
+                    if num_bad.item() > 0:
                         skipped_steps += 1
                         logger.warning("step %d: non-finite gradient, step skipped", step + 1)
                     else:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 pytest.importorskip("pybullet")
 
-from unipre3d_hf.data import build_objects_mini, build_scenes_mini  # noqa: E402
+from unipre3d_hf.data import build_objects_mini, build_scenes_mini, load_pretraining_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
@@ -110,19 +110,44 @@ def test_scene_level_runs_end_to_end(tmp_path):
     assert (tmp_path / "out/backbone/config.json").exists()
 
 
-def test_two_processes_end_with_identical_weights(objects, tmp_path):
+def _launch_two_processes(script_args: list[str], port: int) -> None:
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     if accelerate is None:
         pytest.skip("the accelerate command line is not installed next to this Python")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(SCRIPT),
-           *object_args(objects, tmp_path / "ddp", "--max_steps", "3", "--save_every", "3")]  # fmt: skip
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(SCRIPT),
+           *script_args]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_processes_end_with_identical_weights_and_skip_a_bad_step_together(objects, tmp_path):
+    # gloo on CPU; at step 2 only the main process sees a NaN gradient: both must skip that step, and not hang
+    _launch_two_processes(
+        object_args(objects, tmp_path / "ddp", "--max_steps", "3", "--save_every", "3", "--nan_grad_step", "2"), 29517
+    )
     final = json.loads((tmp_path / "ddp" / "final.json").read_text())
-    assert final["step"] == 3 and len(final["weight_checksums"]) == 2
+    assert final["step"] == 3 and final["skipped_steps"] == 1 and len(final["weight_checksums"]) == 2
     assert final["weight_checksums"][0] == final["weight_checksums"][1]
+
+
+def test_two_processes_on_scenes_of_uneven_sizes(tmp_path):
+    scenes = tmp_path / "scenes"
+    build_scenes_mini(str(scenes), num_scenes=5, frames=8, width=32, height=24, voxel_size=0.05, seed=2,
+                      show_progress=False)  # fmt: skip
+    sizes = [len(r["coords"]) for r in load_pretraining_dataset(str(scenes), split="train")]
+    assert len(set(sizes)) > 1  # the scenes differ in size
+    _launch_two_processes([
+        "--preset", "sparse_unet_scannet", "--backbone.base_channels", "8",
+        "--backbone.channels", "[8, 16, 16, 16, 16, 16, 8, 8]", "--backbone.layers", "[1, 1, 1, 1, 1, 1, 1, 1]",
+        "--model.image_encoder", "conv", "--model.image_encoder_channels", "8", "--model.initial_scale", "0.02",
+        "--model.lambda_lpips", "0", "--dataset", str(scenes), "--num_reference", "2", "--batch_size", "2",
+        "--max_steps", "3", "--output_dir", str(tmp_path / "out"), "--eval_every", "3", "--save_every", "3",
+        "--val_samples", "2",
+    ], 29518)  # fmt: skip
+    final = json.loads((tmp_path / "out" / "final.json").read_text())
+    assert final["step"] == 3 and final["weight_checksums"][0] == final["weight_checksums"][1]
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs" / "pretrain").glob("*.yaml")))

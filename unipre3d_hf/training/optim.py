@@ -66,7 +66,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, step_size: int, gamma: flo
 def all_grads_finite(model_or_params: nn.Module | Iterable[torch.Tensor]) -> torch.Tensor:
     """1.0 if every existing gradient is finite, else 0.0, as a 0-dim float32 tensor on the parameters' device.
 
-    It does not synchronise with the device, and ``accelerator.reduce(flag, "min")`` gives the verdict of all ranks,
+    It does not synchronise with the device. ``accelerator.reduce(1 - flag, "sum") > 0`` gives the verdict of all
+    ranks (accelerate's ``reduce`` knows no ``"min"``: it silently sums),
     so that every rank skips the step together (the paper skips the step and zeroes the gradients on NaN or Inf).
     """
     params = model_or_params.parameters() if isinstance(model_or_params, nn.Module) else model_or_params
