@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -40,6 +40,7 @@ from unipre3d_hf import UniPre3DConfig, UniPre3DForGaussianPretraining
 from unipre3d_hf.data import (
     ObjectPretrainingCollator,
     ObjectViewSampler,
+    SceneAugmentation,
     ScenePretrainingCollator,
     SceneViewSampler,
     load_mini_dataset,
@@ -191,8 +192,6 @@ def build_collators(args: PretrainArguments, level: str, background, num_views: 
             view_sampler=ObjectViewSampler(mode="eval", num_supervision=min(args.val_views, num_views - 1)),
         )  # fmt: skip
     else:
-        from unipre3d_hf.data import SceneAugmentation
-
         train = ScenePretrainingCollator(
             view_sampler=SceneViewSampler(num_reference=args.num_reference), image_size=size, background=background,
             augmentation=SceneAugmentation() if args.augment else None, max_points=args.max_scene_points,
@@ -210,10 +209,6 @@ def _num_views(dataset) -> int:
     return len(dataset[0]["camera_to_world"])
 
 
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 # ------------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model, val_rows, collator, args, accelerator, level: str, background) -> tuple[dict, list]:
@@ -224,7 +219,7 @@ def evaluate(model, val_rows, collator, args, accelerator, level: str, backgroun
     metrics = ViewMetricAccumulator(background=background, device=accelerator.device)
     grid = []
     for start in range(0, len(val_rows), args.val_batch_size):
-        batch = _to_device(collator(val_rows[start : start + args.val_batch_size]), accelerator.device)
+        batch = send_to_device(collator(val_rows[start : start + args.val_batch_size]), accelerator.device)
         num_ref = batch["reference_images"].shape[1]
         if level == "object":  # render the reference view(s) too: they are scored as "reference" views
             for key in ("images", "c2w", "intrinsics"):

@@ -512,7 +512,10 @@ class UniPre3DForGaussianPretraining(UniPre3DPreTrainedModel):
 
         if cfg.level == "object":
             out: PointBackboneOutput = self.backbone(points, features=features, fusion_hook=hook, return_dict=True)
-            params = {k: v.float() for k, v in self.gaussian_head(out.last_hidden_state, out.anchor_points).items()}
+        else:
+            out = self.backbone(coords, features, offsets, fusion_hook=hook, return_dict=True)
+        params = {k: v.float() for k, v in self.gaussian_head(out.last_hidden_state, out.anchor_points).items()}
+        if cfg.level == "object":
             mask = None
             if point_mask is not None and out.anchor_points.shape[1] == points.shape[1]:
                 mask = point_mask.to(device=device, dtype=torch.bool)
@@ -520,8 +523,6 @@ class UniPre3DForGaussianPretraining(UniPre3DPreTrainedModel):
                 params["means"], params["quats"], params["scales"], params["opacities"], params["sh"], mask
             )
         else:
-            out = self.backbone(coords, features, offsets, fusion_hook=hook, return_dict=True)
-            params = {k: v.float() for k, v in self.gaussian_head(out.last_hidden_state, out.anchor_points).items()}
             gaussians = Gaussians.from_packed(
                 params["means"], params["quats"], params["scales"], params["opacities"], params["sh"],
                 out.batch_index, batch_size,

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .losses import foreground_mask
+
 __all__ = [
     "ViewMetricAccumulator",
     "accuracy",
@@ -197,8 +199,7 @@ class ViewMetricAccumulator:
             self._allocate(pred.device)
 
         # a view is kept unless every pixel of its ground truth is the background colour
-        is_bg_pixel = ((target - bg[:, None, :, None, None]).abs() <= self.atol).all(dim=2)  # [B, V, H, W]
-        keep = ~is_bg_pixel.flatten(2).all(dim=2)  # [B, V]
+        keep = foreground_mask(target, bg, self.atol).flatten(2).any(dim=2)  # [B, V]
         if not bool(keep.any()):
             return
         kept_pred, kept_target = pred[keep], target[keep]  # [K, 3, H, W]
