@@ -160,37 +160,47 @@ def _time_step(step, device: torch.device, warmup: int, repeats: int) -> dict:
 
 
 def bench_data(args) -> list[dict]:
-    """Rows/s of the dataset + collator path on CPU: a DataLoader over the mini sets (built first when missing)."""
+    """Rows/s of the dataset + collator path as ``scripts/pretrain.py`` runs it on the mini presets: a DataLoader over
+    the mini sets (built first when missing), rows read three ways: Python rows (``datasets``' default conversion),
+    `NumpyRows` (numeric columns straight from Arrow, what pretrain.py uses) and streaming."""
     from torch.utils.data import DataLoader
 
-    from unipre3d_hf.data import ObjectPretrainingCollator, ScenePretrainingCollator, load_mini_dataset
+    from unipre3d_hf.data import (
+        NumpyRows,
+        ObjectPretrainingCollator,
+        ScenePretrainingCollator,
+        SceneViewSampler,
+        load_mini_dataset,
+    )
 
-    settings = {
-        "object": ("objects-mini", lambda: ObjectPretrainingCollator(num_points=1024), 32),
-        "scene": ("scenes-mini", lambda: ScenePretrainingCollator(), 4),
+    settings = {  # the *_mini presets' collators: objects-mini stores its points in FPS order
+        "object": ("objects-mini", lambda: ObjectPretrainingCollator(num_points=1024, point_sampling="first"), 32),
+        "scene": ("scenes-mini", lambda: ScenePretrainingCollator(SceneViewSampler(num_reference=8)), 2),
     }
     names = list(settings) if args.workload == "all" else [args.workload]
     rows = []
     for name in names:
         dataset_name, make_collator, batch_size = settings[name]
         batch_size = args.batch_size or batch_size
-        for streaming in (False, True):
-            ds = load_mini_dataset(dataset_name, root=args.root, streaming=streaming)
-            if streaming:
-                ds = ds.repeat(None)
-            loader = DataLoader(
-                ds, batch_size=batch_size, collate_fn=make_collator(),
-                num_workers=args.workers, sampler=None if streaming else torch.utils.data.RandomSampler(
-                    ds, replacement=True, num_samples=batch_size * (args.batches + 1)),
-            )  # fmt: skip
+        for reader in args.readers.split(","):
+            ds = load_mini_dataset(dataset_name, root=args.root, streaming=reader == "streaming")
+            if reader == "streaming":
+                ds, sampler = ds.repeat(None), None
+            else:
+                ds = ds.with_format(None) if reader == "python" else NumpyRows(ds)
+                sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=batch_size * 10**6)
+            loader = DataLoader(ds, batch_size=batch_size, collate_fn=make_collator(), num_workers=args.workers,
+                                sampler=sampler)  # fmt: skip
             it = iter(loader)
-            next(it)  # warm-up (worker start, first decode)
+            for _ in range(max(args.workers, 1)):  # warm-up: worker start and each worker's first batch
+                next(it)
             start = time.perf_counter()
             for _ in range(args.batches):
                 next(it)
             seconds = time.perf_counter() - start
+            del it
             row = {
-                "benchmark": "data", "workload": name, "dataset": dataset_name, "streaming": streaming,
+                "benchmark": "data", "workload": name, "dataset": dataset_name, "rows": reader,
                 "batch_size": batch_size, "workers": args.workers, "batches": args.batches,
                 "rows_per_s": batch_size * args.batches / seconds, "ms_per_batch": 1e3 * seconds / args.batches,
             }  # fmt: skip
@@ -337,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     p_data.add_argument("--batch-size", type=int, default=None, help="default 32 objects / 4 scenes")
     p_data.add_argument("--batches", type=int, default=10)
     p_data.add_argument("--workers", type=int, default=0)
+    p_data.add_argument("--readers", default="python,numpy", help="comma-separated subset of python,numpy,streaming")
     p_data.add_argument("--output", default=None, help="also write the results as JSON to this file")
     p_data.set_defaults(func=bench_data)
     p_scene = sub.add_parser("backbones-scene", help="Sparse UNet and PTv3, forward + backward on synthetic rooms")

@@ -7,6 +7,7 @@ Importing this package never imports pybullet (only the mini-set builders need i
 from .collators import CorruptSampleError, ObjectPretrainingCollator, ScenePretrainingCollator, decode_image
 from .geometry import unproject_depth_to_world
 from .mini import OBJECT_MESHES, SCENE_CLASSES, build_objects_mini, build_scenes_mini, load_mini_dataset
+from .rows import EpochSampler, NumpyRows, SeededRows, arrow_value_to_numpy
 from .sampling import ObjectViewSampler, SceneViewSampler
 from .scannet import convert_scannet, read_scannet_scene
 from .schemas import (
@@ -53,6 +54,10 @@ __all__ = [
     "ScenePretrainingCollator",
     "CorruptSampleError",
     "decode_image",
+    "NumpyRows",
+    "EpochSampler",
+    "SeededRows",
+    "arrow_value_to_numpy",
     "unproject_depth_to_world",
     "SceneAugmentation",
     "apply_rigid_transform",

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .rows import SAMPLE_SEED_KEY
 from .sampling import ObjectViewSampler, SceneViewSampler
 from .schemas import DEPTH_SCALE
 from .transforms import (
@@ -141,8 +142,10 @@ class _BaseCollator:
         samples = []
         for i, row in enumerate(rows):
             sid = str(row.get("id", f"<row {i} of the batch>"))
+            # a row from `SeededRows` brings its own seed: its views and augmentation depend on nothing else
+            seed = row.get(SAMPLE_SEED_KEY)
             try:
-                samples.append(self._prepare(row, sid, rng))
+                samples.append(self._prepare(row, sid, rng if seed is None else np.random.default_rng(list(seed))))
             except CorruptSampleError as err:
                 self._handle(err)
             except (OSError, ValueError, KeyError, IndexError) as err:
