@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 import yaml
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration, gather_object, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -38,11 +39,14 @@ from tqdm.auto import tqdm
 import unipre3d_hf  # noqa: F401  (registers the Auto classes)
 from unipre3d_hf import UniPre3DConfig, UniPre3DForGaussianPretraining
 from unipre3d_hf.data import (
+    EpochSampler,
+    NumpyRows,
     ObjectPretrainingCollator,
     ObjectViewSampler,
     SceneAugmentation,
     ScenePretrainingCollator,
     SceneViewSampler,
+    SeededRows,
     load_mini_dataset,
     load_pretraining_dataset,
 )
@@ -85,6 +89,9 @@ class PretrainArguments:
     max_scene_points: int | None = None  # scene level: cap per scene (PTv3: 80000, by FPS)
     augment: bool = True
     num_workers: int = 0
+    # a training split of fewer batches than this is repeated within an epoch: workers prepare no batch across an
+    # epoch's end, so a one-batch epoch (60 objects at batch 32) waits for every batch from scratch
+    min_batches_per_epoch: int = 50
     skip_corrupt: bool = True  # report and skip unreadable samples instead of stopping
     # optimisation (method reference 7.5): AdamW, per-iteration StepLR, clipping, non-finite steps skipped
     output_dir: str = "outputs/pretrain"
@@ -175,8 +182,8 @@ def load_split(args: PretrainArguments, split: str):
         dataset = load_mini_dataset(args.dataset, root=args.data_root, split=split)
     else:
         dataset = load_pretraining_dataset(args.dataset, split=split)
-    # plain Python rows: the collators take them, and they decode about 4x faster than NumPy-formatted rows
-    return dataset.with_format(None)
+    # rows with the point and camera columns as NumPy arrays straight from Arrow: 14-23x faster than Python rows
+    return NumpyRows(dataset)
 
 
 def build_collators(args: PretrainArguments, level: str, background, num_views: int):
@@ -251,19 +258,34 @@ def run_evaluation(model_eval, val_rows, val_collator, args, accelerator, level,
 
 # ------------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
+    """Pre-trains as ``argv`` says (see ``PretrainArguments``) and returns the run's history (also in final.json)."""
     args = parse_args(argv)
-    output_dir = args.output_dir
+    logging_dir = os.path.join(args.output_dir, "logs")
     accelerator = Accelerator(
         # without CUDA, several processes (e.g. `accelerate launch --multi_gpu --num_processes 2`) run on CPU with gloo
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
-        log_with=build_trackers(os.path.join(output_dir, "logs"), args.run_name),
-        project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=os.path.join(output_dir, "logs")),
+        log_with=build_trackers(logging_dir, args.run_name),
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)],
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,  # the StepLR is per iteration, stepped once per optimizer step
     )
+    try:
+        return train(args, accelerator)
+    finally:
+        # Free the DDP model before the process group. Its C++ Reducer owns a reference to the gloo process group and
+        # is freed with the GIL held; freed last, it destroys the group, which joins gloo's worker threads, and a
+        # worker still releasing the tensors of a finished collective waits for the GIL: the process hangs at exit
+        # (seen in about 1 of 10 two-process CPU runs; pytorch/pytorch#56297). Freed first, only the process group's
+        # own destructor joins the threads, and it releases the GIL.
+        accelerator.free_memory()
+        gc.collect()  # also a model kept alive only by a reference cycle
+        accelerator.end_training()
+
+
+def train(args: PretrainArguments, accelerator: Accelerator) -> dict:
+    output_dir = args.output_dir
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     set_seed(args.seed)
@@ -280,15 +302,21 @@ def main(argv: list[str] | None = None) -> dict:
     with accelerator.main_process_first():  # the main process builds a missing mini set first
         train_ds = load_split(args, args.train_split)
         val_ds = load_split(args, args.val_split)
+    if len(train_ds) < args.batch_size:
+        raise SystemExit(f"the training split has too few rows ({len(train_ds)}) for batch_size={args.batch_size}")
+    repeats = math.ceil(args.min_batches_per_epoch * args.batch_size / len(train_ds))
+    if repeats > 1:
+        logger.info("%d training rows: an epoch goes through them %d times", len(train_ds), repeats)
+    # each draw carries its own seed, so the views and augmentation of a sample don't depend on the workers or on
+    # what was collated before: a resume mid-epoch is exact (see EpochSampler)
+    sampler = EpochSampler(len(train_ds), repeats, seed=args.seed)
     num_val = len(val_ds) if args.val_samples is None else min(args.val_samples, len(val_ds))
     val_rows = [val_ds[i] for i in range(accelerator.process_index, num_val, world)]
     train_collator, val_collator = build_collators(args, level, background, _num_views(val_ds))
     train_loader = DataLoader(
-        train_ds, batch_size=per_process, shuffle=True, drop_last=True, collate_fn=train_collator,
-        num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
+        SeededRows(train_ds, seed=args.seed), batch_size=per_process, sampler=sampler, drop_last=True,
+        collate_fn=train_collator, num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
     )  # fmt: skip
-    if len(train_loader) < args.gradient_accumulation_steps * world:
-        raise SystemExit(f"the training split has too few rows ({len(train_ds)}) for batch_size={args.batch_size}")
 
     model = UniPre3DForGaussianPretraining(config)
     if model.image_encoder is not None and hasattr(model.image_encoder, "load"):
@@ -353,14 +381,16 @@ def main(argv: list[str] | None = None) -> dict:
     epoch, skip_batches = divmod(step, steps_per_epoch)
     skip_batches *= batches_per_step
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_main_process, desc="pretrain")
-    skipped_steps, window_start, window_samples = 0, time.perf_counter(), 0
+    skipped_steps, window_start, window_samples, window_data_time = 0, time.perf_counter(), 0, 0.0
     last_eval = None
     model.train()
     while step < args.max_steps:
         train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
         skip_batches = 0
+        fetch_start = time.perf_counter()
         for batch in loader:
+            window_data_time += time.perf_counter() - fetch_start  # time spent waiting for the DataLoader
             with accelerator.accumulate(model):
                 out = model(**batch, global_step=step)
                 accelerator.backward(out.loss)
@@ -380,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
                     optimizer.zero_grad(set_to_none=True)
             window_samples += batch["offsets"].numel() if "offsets" in batch else batch["points"].shape[0]
             if not accelerator.sync_gradients:
+                fetch_start = time.perf_counter()
                 continue
             step += 1
             progress.update(1)
@@ -388,18 +419,24 @@ def main(argv: list[str] | None = None) -> dict:
             if step % args.log_every == 0 or step == args.max_steps:
                 with torch.no_grad():
                     train_psnr = psnr(out.rendered_images.detach().float(), out.target_images.float()).mean()
+                    scale, opacity = gaussian_statistics(out.gaussians)
                 logs = accelerator.reduce(
-                    torch.stack([out.loss.detach().float(), out.reconstruction_loss.detach().float(), train_psnr]),
+                    torch.stack([out.loss.detach().float(), out.reconstruction_loss.detach().float(), train_psnr,
+                                 scale, opacity]),
                     "mean",
-                ).tolist()
+                ).tolist()  # fmt: skip
                 elapsed = time.perf_counter() - window_start
+                steps_in_window = (step - 1) % args.log_every + 1
                 record = {
                     "train/loss": logs[0],
                     "train/reconstruction_loss": logs[1],
                     "train/psnr": logs[2],
+                    "train/gaussian_scale": logs[3],
+                    "train/gaussian_opacity": logs[4],
                     "train/lr": scheduler.get_last_lr()[0],
                     "train/samples_per_second": window_samples * world / max(elapsed, 1e-9),
-                    "train/step_time": elapsed / args.log_every if step % args.log_every == 0 else elapsed,
+                    "train/step_time": elapsed / steps_in_window,
+                    "train/data_time": window_data_time / steps_in_window,
                     "train/skipped_steps": skipped_steps,
                     "train/epoch": epoch,
                 }
@@ -409,7 +446,8 @@ def main(argv: list[str] | None = None) -> dict:
                     record["train/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
                 accelerator.log(record, step=step)
                 progress.set_postfix(loss=f"{logs[0]:.4f}", psnr=f"{logs[2]:.2f}")
-                window_start, window_samples = time.perf_counter(), 0
+                window_start, window_samples, window_data_time = time.perf_counter(), 0, 0.0
+            paused = time.perf_counter()  # validation and checkpoints are left out of the training speed
             if step % args.eval_every == 0 or step == args.max_steps:
                 last_eval = run_evaluation(
                     model_for_eval(), val_rows, val_collator, args, accelerator, level, background, step, output_dir
@@ -421,6 +459,8 @@ def main(argv: list[str] | None = None) -> dict:
                 save_best(accelerator, best_source, output_dir, "psnr_novel", last_eval["val/psnr_novel"], step)
             if step % args.save_every == 0 or step == args.max_steps:
                 save_checkpoint(accelerator, output_dir, step, keep_last=args.keep_last)
+            window_start += time.perf_counter() - paused
+            fetch_start = time.perf_counter()
             if step >= args.max_steps:
                 break
         epoch += 1
@@ -442,7 +482,6 @@ def main(argv: list[str] | None = None) -> dict:
             logger.error("the processes ended with different weights: %s", checksums)
         with open(os.path.join(output_dir, "final.json"), "w") as f:
             json.dump(history, f, indent=2)
-    accelerator.end_training()
     return history
 
 
@@ -498,6 +537,14 @@ def compare_render_loop(model, batch: dict, steps: int, accelerator) -> dict:
         results[f"{mode}_seconds"] = sorted(times[1:])[len(times[1:]) // 2]
     results["speedup"] = results["per_view_loop_seconds"] / results["batched_seconds"]
     return results
+
+
+def gaussian_statistics(gaussians) -> tuple[torch.Tensor, torch.Tensor]:
+    """Geometric-mean scale (largest axis) and mean opacity of the real Gaussians: a collapse into a few large, faint
+    Gaussians shows as the scale growing and the opacity falling while the loss stalls."""
+    mask = gaussians.mask if gaussians.mask is not None else torch.ones_like(gaussians.opacities, dtype=torch.bool)
+    log_scale = gaussians.scales.detach().float().amax(dim=-1).clamp_min(1e-12).log()[mask]
+    return log_scale.mean().exp(), gaussians.opacities.detach().float()[mask].mean()
 
 
 def weights_checksum(model: torch.nn.Module) -> str:

@@ -262,6 +262,24 @@ def test_gaussian_head_activations():
     assert torch.allclose(quats.norm(dim=1), torch.ones(2, 4), atol=1e-5)  # normalised across the Gaussians
 
 
+def test_gaussian_head_runs_in_float32_under_bf16_autocast():
+    model = tiny_model(OBJECT_BACKBONES["point_transformer"]()).eval()
+    seen = {}
+    model.gaussian_head.fc2.register_forward_hook(lambda m, i, o: seen.update(head=o.dtype))
+    model.backbone.register_forward_hook(lambda m, i, o: seen.update(backbone=o))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**object_batch())
+    hidden, anchors = seen["backbone"].last_hidden_state, seen["backbone"].anchor_points
+    assert hidden.dtype == torch.bfloat16 and seen["head"] == torch.float32
+    assert out.gaussians.means.dtype == torch.float32 and out.rendered_images.dtype == torch.float32
+    # the centres are the float32 head's: no bf16 rounding of the coordinates (8-bit mantissa: ~4e-3 at 1)
+    with torch.no_grad():
+        reference = model.gaussian_head(hidden.float(), anchors.float())
+    assert torch.equal(out.gaussians.means, reference["means"]) and torch.equal(
+        out.gaussians.scales, reference["scales"]
+    )
+
+
 def test_losses_match_hand_computed_values():
     target = torch.zeros(1, 1, 3, 2, 2)
     target[0, 0, :, 0, 0] = 1.0  # one foreground pixel of four

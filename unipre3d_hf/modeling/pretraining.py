@@ -514,7 +514,10 @@ class UniPre3DForGaussianPretraining(UniPre3DPreTrainedModel):
             out: PointBackboneOutput = self.backbone(points, features=features, fusion_hook=hook, return_dict=True)
         else:
             out = self.backbone(coords, features, offsets, fusion_hook=hook, return_dict=True)
-        params = {k: v.float() for k, v in self.gaussian_head(out.last_hidden_state, out.anchor_points).items()}
+        # the head runs in float32 also under bf16 autocast: centres are anchors (world units) plus small offsets, which
+        # bf16's 8-bit mantissa would round to ~0.4% of the coordinate, and exp() of the log-scale amplifies its error
+        with torch.autocast(device.type, enabled=False):
+            params = self.gaussian_head(out.last_hidden_state.float(), out.anchor_points.float())
         if cfg.level == "object":
             mask = None
             if point_mask is not None and out.anchor_points.shape[1] == points.shape[1]:
