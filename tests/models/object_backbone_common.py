@@ -61,11 +61,15 @@ class ObjectBackboneTests:
         loaded = AutoModel.from_pretrained(tmp_path).eval()
         assert type(loaded) is self.model_class
         assert AutoConfig.from_pretrained(tmp_path).to_diff_dict() == model.config.to_diff_dict()
-        with torch.no_grad():
-            a, b = model(points), loaded(points)
-        torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, rtol=0, atol=0)
         for (name, p), (_, q) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
             assert torch.equal(p, q), name
+        with torch.no_grad():
+            a, b = model(points), loaded(points)
+        # the weights are bit-identical; the outputs agree to float32 rounding only: the loaded tensors live in the
+        # memory-mapped safetensors file (8-byte, not 64-byte aligned) and CPU kernels pick their vector paths, and
+        # so their summation order, by alignment (a 3e-8 difference seen on an AMD EPYC; none once the loaded tensors
+        # are cloned into fresh memory)
+        torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state)
 
     def test_eval_is_deterministic(self):
         model = self.build()

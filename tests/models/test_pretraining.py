@@ -386,4 +386,7 @@ def test_backbone_exports_and_reloads_with_automodel(tmp_path):
     model.eval()
     with torch.no_grad():
         expected = model.backbone(batch["points"]).last_hidden_state
-        assert torch.equal(backbone(batch["points"]).last_hidden_state, expected)
+        # float32 rounding only: see test_save_load_round_trip in object_backbone_common.py
+        torch.testing.assert_close(backbone(batch["points"]).last_hidden_state, expected)
+    for name, tensor in model.backbone.state_dict().items():
+        assert torch.equal(backbone.state_dict()[name], tensor), name
