@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     p_data = sub.add_parser("data", help="rows/s of the dataset + collator path (CPU)")
     p_data.add_argument("--workload", choices=["object", "scene", "all"], default="all")
     p_data.add_argument("--root", default="data", help="folder holding objects-mini / scenes-mini")
-    p_data.add_argument("--batch-size", type=int, default=None, help="default 32 objects / 4 scenes")
+    p_data.add_argument("--batch-size", type=int, default=None, help="default 32 objects / 2 scenes (the mini presets)")
     p_data.add_argument("--batches", type=int, default=10)
     p_data.add_argument("--workers", type=int, default=0)
     p_data.add_argument("--readers", default="python,numpy", help="comma-separated subset of python,numpy,streaming")

@@ -63,6 +63,7 @@ from unipre3d_hf.training import (
     save_best,
     save_checkpoint,
     save_render_grid,
+    to_json_value,
 )
 
 logger = logging.getLogger("pretrain")
@@ -481,7 +482,7 @@ def train(args: PretrainArguments, accelerator: Accelerator) -> dict:
         if len(set(checksums)) != 1:
             logger.error("the processes ended with different weights: %s", checksums)
         with open(os.path.join(output_dir, "final.json"), "w") as f:
-            json.dump(history, f, indent=2)
+            json.dump(to_json_value(history), f, indent=2)  # strict JSON: a NaN metric becomes "nan"
     return history
 
 

@@ -116,6 +116,9 @@ def test_scene_level_runs_end_to_end(tmp_path):
     ])  # fmt: skip
     assert result["step"] == 3 and result["final"]["val/psnr_novel"] > 0
     assert (tmp_path / "out/backbone/config.json").exists()
+    # strict JSON: scenes score no reference views, and their NaN averages are written as "nan"
+    final = json.loads((tmp_path / "out/final.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert final["final"]["val/psnr_reference"] == "nan" and final["final"]["val/psnr_novel"] > 0
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ from .ema import EMA, ema_decay
 from .losses import RECONSTRUCTION_LOSSES, LPIPSLoss, foreground_mask, reconstruction_loss
 from .metrics import ViewMetricAccumulator, accuracy, confusion_matrix, iou_per_class, mean_iou, psnr, ssim
 from .optim import PAPER_LR_SCHEDULES, all_grads_finite, build_optimizer, build_scheduler
-from .tracking import JSONLinesTracker, build_trackers
+from .tracking import JSONLinesTracker, build_trackers, to_json_value
 from .visualization import save_render_grid
 
 __all__ = [
@@ -49,4 +49,5 @@ __all__ = [
     "save_checkpoint",
     "save_render_grid",
     "ssim",
+    "to_json_value",
 ]

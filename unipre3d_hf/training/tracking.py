@@ -12,10 +12,10 @@ from typing import Any
 
 from accelerate.tracking import GeneralTracker, on_main_process
 
-__all__ = ["JSONLinesTracker", "build_trackers"]
+__all__ = ["JSONLinesTracker", "build_trackers", "to_json_value"]
 
 
-def _to_json_value(value: Any) -> Any:
+def to_json_value(value: Any) -> Any:
     """Tensors and numpy values become Python floats/ints (lists if they have several elements); non-finite floats
     become the strings "nan", "inf", "-inf" so that every line stays strict JSON; other objects become ``str``."""
     if hasattr(value, "tolist") and callable(value.tolist):  # torch.Tensor, numpy arrays and scalars
@@ -25,9 +25,9 @@ def _to_json_value(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, Mapping):
-        return {str(k): _to_json_value(v) for k, v in value.items()}
+        return {str(k): to_json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_json_value(v) for v in value]
+        return [to_json_value(v) for v in value]
     return str(value)
 
 
@@ -75,7 +75,7 @@ class JSONLinesTracker(GeneralTracker):
     def store_init_configuration(self, values: dict) -> None:
         self.logging_dir.mkdir(parents=True, exist_ok=True)
         with open(self.logging_dir / "config.json", "w") as f:
-            json.dump(_to_json_value(dict(values)), f, indent=2)
+            json.dump(to_json_value(dict(values)), f, indent=2)
             f.write("\n")
 
     @on_main_process
@@ -83,7 +83,7 @@ class JSONLinesTracker(GeneralTracker):
         if self._file is None:
             self.start()
         record = {"step": step, "time": time.time()}
-        record.update({str(k): _to_json_value(v) for k, v in values.items()})
+        record.update({str(k): to_json_value(v) for k, v in values.items()})
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
