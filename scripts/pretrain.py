@@ -52,6 +52,7 @@ from unipre3d_hf.data import (
 )
 from unipre3d_hf.training import (
     EMA,
+    LPIPSLoss,
     ViewMetricAccumulator,
     all_grads_finite,
     build_optimizer,
@@ -121,6 +122,9 @@ class PretrainArguments:
     val_samples: int | None = None  # None = the whole validation split
     val_views: int = 4  # object level: supervision views per validation sample (besides the reference)
     val_batch_size: int = 8
+    # LPIPS of the validation views (the paper scores it): None = when the model trains with LPIPS (lambda_lpips > 0),
+    # true = always, false = never. It needs the lpips package and torchvision's VGG weights, checked at the start.
+    val_lpips: bool | None = None
     grid_samples: int = 4
     save_every: int = 2000
     keep_last: int = 3
@@ -219,12 +223,13 @@ def _num_views(dataset) -> int:
 
 # ------------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model, val_rows, collator, args, accelerator, level: str, background) -> tuple[dict, list]:
-    """PSNR/SSIM on reference and novel views of this process's share of the validation rows, reduced over all
-    processes; plus render-grid rows (reference, then render / ground truth of up to two novel views) of the main
-    process's first ``grid_samples`` samples."""
+def evaluate(model, val_rows, collator, args, accelerator, level: str, background, lpips=None) -> tuple[dict, list]:
+    """PSNR/SSIM (and LPIPS with an ``LPIPSLoss`` as ``lpips``) on reference and novel views of this process's share
+    of the validation rows, reduced over all processes; plus render-grid rows (reference, then render / ground truth
+    of up to two novel views) of the main process's first ``grid_samples`` samples."""
     model.eval()
-    metrics = ViewMetricAccumulator(background=background, device=accelerator.device)
+    lpips_fn = lpips.per_image if lpips is not None else None
+    metrics = ViewMetricAccumulator(lpips_fn=lpips_fn, background=background, device=accelerator.device)
     grid = []
     for start in range(0, len(val_rows), args.val_batch_size):
         batch = send_to_device(collator(val_rows[start : start + args.val_batch_size]), accelerator.device)
@@ -250,8 +255,8 @@ def evaluate(model, val_rows, collator, args, accelerator, level: str, backgroun
     return metrics.compute_from_state(state), grid
 
 
-def run_evaluation(model_eval, val_rows, val_collator, args, accelerator, level, background, step, output_dir):
-    results, grid = evaluate(model_eval, val_rows, val_collator, args, accelerator, level, background)
+def run_evaluation(model_eval, val_rows, val_collator, args, accelerator, level, background, step, output_dir, lpips):
+    results, grid = evaluate(model_eval, val_rows, val_collator, args, accelerator, level, background, lpips)
     if accelerator.is_main_process and grid:
         save_render_grid(os.path.join(output_dir, "renders", f"step-{step:07d}.png"), grid)
     return {f"val/{k}": v for k, v in results.items()}
@@ -326,6 +331,11 @@ def train(args: PretrainArguments, accelerator: Accelerator) -> dict:
     if model.lpips is not None and args.max_steps > config.lpips_start_step:
         with accelerator.main_process_first():  # fail now, not at step lpips_start_step, if LPIPS is unavailable
             model.lpips.network.load()
+    val_lpips = None
+    if args.val_lpips or (args.val_lpips is None and model.lpips is not None):
+        val_lpips = model.lpips if model.lpips is not None else LPIPSLoss(config.lpips_net)
+        with accelerator.main_process_first():  # fail now, not at the first validation
+            val_lpips.network.load()
     if args.sync_batchnorm and world > 1 and accelerator.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     groups = {
@@ -369,11 +379,15 @@ def train(args: PretrainArguments, accelerator: Accelerator) -> dict:
     def model_for_eval():
         return ema.model if ema is not None else accelerator.unwrap_model(model)
 
+    def validate(at_step: int) -> dict:
+        return run_evaluation(
+            model_for_eval(), val_rows, val_collator, args, accelerator, level, background, at_step, output_dir,
+            val_lpips,
+        )  # fmt: skip
+
     history: dict = {}
     if args.eval_at_start and step == 0:
-        history["initial"] = run_evaluation(
-            model_for_eval(), val_rows, val_collator, args, accelerator, level, background, step, output_dir
-        )
+        history["initial"] = validate(step)
         accelerator.log(history["initial"], step=step)
         logger.info("step 0 validation: %s", _fmt(history["initial"]))
 
@@ -450,9 +464,7 @@ def train(args: PretrainArguments, accelerator: Accelerator) -> dict:
                 window_start, window_samples, window_data_time = time.perf_counter(), 0, 0.0
             paused = time.perf_counter()  # validation and checkpoints are left out of the training speed
             if step % args.eval_every == 0 or step == args.max_steps:
-                last_eval = run_evaluation(
-                    model_for_eval(), val_rows, val_collator, args, accelerator, level, background, step, output_dir
-                )
+                last_eval = validate(step)
                 model.train()
                 accelerator.log(last_eval, step=step)
                 logger.info("step %d validation: %s", step, _fmt(last_eval))

@@ -56,6 +56,7 @@ def object_args(dataset: str, out: Path, *extra: str) -> list[str]:
 def test_run_writes_everything_and_resume_is_exact(objects, tmp_path):
     full = pretrain.main(object_args(objects, tmp_path / "full", "--max_steps", "4", "--save_every", "2"))
     assert full["step"] == 4 and full["skipped_steps"] == 0 and full["final"]["val/psnr_novel"] > 0
+    assert "val/lpips_novel" not in full["final"]  # no LPIPS term (lambda_lpips 0), so no validation LPIPS either
     for name in ("backbone/config.json", "best/best.json", "checkpoint-4/COMPLETE", "final.json",
                  "logs/pretrain/metrics.jsonl", "renders/step-0000004.png"):  # fmt: skip
         assert (tmp_path / "full" / name).exists(), name
@@ -83,6 +84,43 @@ def test_run_writes_everything_and_resume_is_exact(objects, tmp_path):
     backbone = AutoModel.from_pretrained(tmp_path / "full" / "backbone")
     ema_backbone = {k[len("backbone.") :]: v for k, v in ema_a["model"].items() if k.startswith("backbone.")}
     assert all(torch.equal(v, ema_backbone[k]) for k, v in backbone.state_dict().items())
+
+
+class _LPIPSStandIn(torch.nn.Module):
+    """Stands in for ``lpips.LPIPS`` (whose VGG weights need a download): the mean absolute difference per image of
+    the [-1, 1] inputs, shaped ``[N, 1, 1, 1]`` like the real one."""
+
+    def __init__(self, net, verbose):
+        super().__init__()
+        self.net = net
+
+    def forward(self, a, b):
+        assert a.min() >= -1 - 1e-6  # images in [0, 1] mapped to [-1, 1] (renders have no upper clamp)
+        return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+
+def test_validation_scores_lpips_when_asked(objects, tmp_path, monkeypatch):
+    import types
+
+    fake = types.ModuleType("lpips")
+    fake.LPIPS = _LPIPSStandIn
+    monkeypatch.setitem(sys.modules, "lpips", fake)
+    monkeypatch.setattr("unipre3d_hf.utils.import_utils._is_package_available", lambda name: True)
+    args = object_args(objects, tmp_path / "out", "--max_steps", "2", "--val_lpips", "true", "--eval_at_start", "true")
+    result = pretrain.main(args)
+    for when in ("initial", "final"):
+        for kind in ("reference", "novel"):
+            assert 0 < result[when][f"val/lpips_{kind}"] < 2, (when, kind)
+    lines = [json.loads(x) for x in (tmp_path / "out/logs/pretrain/metrics.jsonl").read_text().splitlines()]
+    assert sum("val/lpips_novel" in line for line in lines) == 2
+
+
+def test_validation_lpips_fails_at_the_start_without_lpips(objects, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    monkeypatch.setattr("unipre3d_hf.utils.import_utils._is_package_available", lambda name: name != "lpips")
+    with pytest.raises(ImportError, match="pip install lpips"):
+        pretrain.main(object_args(objects, tmp_path / "out", "--max_steps", "2", "--val_lpips", "true"))
+    assert not (tmp_path / "out/logs/pretrain/metrics.jsonl").exists()
 
 
 def test_corrupt_sample_is_reported_and_skipped(objects, tmp_path):

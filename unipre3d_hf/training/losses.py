@@ -92,13 +92,18 @@ class LPIPSLoss(nn.Module):
         self.net = net
         self.network = FrozenNetwork(functools.partial(_build_lpips, net), f"lpips.LPIPS(net={net!r})")
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean LPIPS over images ``[..., 3, H, W]`` in [0, 1]; a scalar."""
+    def per_image(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """LPIPS of every image pair: ``[..., 3, H, W]`` in [0, 1] -> ``[N]``, N the number of images (the form
+        `ViewMetricAccumulator` takes as ``lpips_fn``)."""
         _check_images(pred, target)
         network = self.network.load(pred.device)
         flat_pred = pred.reshape(-1, *pred.shape[-3:]) * 2 - 1
         flat_target = target.reshape(-1, *target.shape[-3:]) * 2 - 1
-        return network(flat_pred, flat_target).mean()
+        return network(flat_pred, flat_target).reshape(-1)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean LPIPS over images ``[..., 3, H, W]`` in [0, 1]; a scalar."""
+        return self.per_image(pred, target).mean()
 
 
 __all__ = ["LPIPSLoss", "RECONSTRUCTION_LOSSES", "foreground_mask", "reconstruction_loss"]
