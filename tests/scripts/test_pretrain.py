@@ -86,6 +86,32 @@ def test_run_writes_everything_and_resume_is_exact(objects, tmp_path):
     assert all(torch.equal(v, ema_backbone[k]) for k, v in backbone.state_dict().items())
 
 
+def test_gradient_accumulation_steps_once_per_accumulated_batch(objects, tmp_path, monkeypatch):
+    from unipre3d_hf import UniPre3DForGaussianPretraining
+
+    micro_batches, steps = [], []
+    forward, step = UniPre3DForGaussianPretraining.forward, torch.optim.AdamW.step
+
+    def counting_forward(self, *args, **kwargs):
+        if self.training:
+            micro_batches.append(kwargs["points"].shape[0])
+        return forward(self, *args, **kwargs)
+
+    def counting_step(self, *args, **kwargs):
+        steps.append([p.grad.clone() for group in self.param_groups for p in group["params"] if p.grad is not None])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(UniPre3DForGaussianPretraining, "forward", counting_forward)
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    args = object_args(objects, tmp_path / "out", "--max_steps", "3", "--gradient_accumulation_steps", "2")
+    result = pretrain.main([*args, "--lr_step_size", "2", "--lr_gamma", "0.5"])
+    # batch_size (2) is global: 2 micro-batches of 1 per optimizer step; the schedule counts optimizer steps
+    assert result["step"] == 3 and micro_batches == [1] * 6 and len(steps) == 3
+    assert all(g and all(torch.isfinite(t).all() for t in g) for g in steps)
+    lines = [json.loads(x) for x in (tmp_path / "out/logs/pretrain/metrics.jsonl").read_text().splitlines()]
+    assert [line["train/lr"] for line in lines if "train/lr" in line] == [1e-3, 5e-4, 5e-4]
+
+
 class _LPIPSStandIn(torch.nn.Module):
     """Stands in for ``lpips.LPIPS`` (whose VGG weights need a download): the mean absolute difference per image of
     the [-1, 1] inputs, shaped ``[N, 1, 1, 1]`` like the real one."""
