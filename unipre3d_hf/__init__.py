@@ -36,6 +36,20 @@ _LAZY_NAMES = {
     "UniPre3DConfig": "configuration.unipre3d",
     "UniPre3DForGaussianPretraining": "modeling.pretraining",
     "GaussianPretrainingOutput": "modeling.outputs",
+    "PointCloudClassifierOutput": "modeling.outputs",
+    "PointCloudSegmenterOutput": "modeling.outputs",
+    "AutoModelForPointCloudClassification": "modeling.auto",
+    "AutoModelForPointCloudSegmentation": "modeling.auto",
+    "PointMLPForPointCloudClassification": "modeling.heads",
+    "PointTransformerForPointCloudClassification": "modeling.heads",
+    "Mamba3DForPointCloudClassification": "modeling.heads",
+    "PCMForPointCloudClassification": "modeling.heads",
+    "PointMLPForPointCloudSegmentation": "modeling.heads",
+    "PointTransformerForPointCloudSegmentation": "modeling.heads",
+    "Mamba3DForPointCloudSegmentation": "modeling.heads",
+    "PCMForPointCloudSegmentation": "modeling.heads",
+    "SparseUNetForPointCloudSegmentation": "modeling.heads",
+    "PTv3ForPointCloudSegmentation": "modeling.heads",
     "is_gsplat_available": "utils",
     "is_spconv_available": "utils",
     "is_mamba_ssm_available": "utils",
@@ -55,8 +69,26 @@ if TYPE_CHECKING:
     from .configuration.ptv3 import PTv3Config  # noqa: F401
     from .configuration.sparse_unet import SparseUNetConfig  # noqa: F401
     from .configuration.unipre3d import UniPre3DConfig  # noqa: F401
+    from .modeling.auto import AutoModelForPointCloudClassification, AutoModelForPointCloudSegmentation  # noqa: F401
+    from .modeling.heads import (  # noqa: F401
+        Mamba3DForPointCloudClassification,
+        Mamba3DForPointCloudSegmentation,
+        PCMForPointCloudClassification,
+        PCMForPointCloudSegmentation,
+        PointMLPForPointCloudClassification,
+        PointMLPForPointCloudSegmentation,
+        PointTransformerForPointCloudClassification,
+        PointTransformerForPointCloudSegmentation,
+        PTv3ForPointCloudSegmentation,
+        SparseUNetForPointCloudSegmentation,
+    )
     from .modeling.mamba3d import Mamba3DModel  # noqa: F401
-    from .modeling.outputs import GaussianPretrainingOutput, PointBackboneOutput  # noqa: F401
+    from .modeling.outputs import (  # noqa: F401
+        GaussianPretrainingOutput,
+        PointBackboneOutput,
+        PointCloudClassifierOutput,
+        PointCloudSegmenterOutput,
+    )
     from .modeling.pcm import PCMModel  # noqa: F401
     from .modeling.point_transformer import PointTransformerModel  # noqa: F401
     from .modeling.pointmlp import PointMLPModel  # noqa: F401
@@ -95,6 +127,16 @@ def _register_with_auto_classes() -> None:
         model_cls = getattr(importlib.import_module(f".modeling.{model_module}", __name__), model_name)
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         AutoModel.register(config_cls, model_cls, exist_ok=True)
+    # the task models (all on top of the backbone modules imported above)
+    from .modeling.auto import AutoModelForPointCloudClassification, AutoModelForPointCloudSegmentation
+    from .modeling.heads import CLASSIFICATION_MODELS, SEGMENTATION_MODELS
+
+    for auto_class, task_models in (
+        (AutoModelForPointCloudClassification, CLASSIFICATION_MODELS),
+        (AutoModelForPointCloudSegmentation, SEGMENTATION_MODELS),
+    ):
+        for model_cls in task_models:
+            auto_class.register(model_cls.config_class, model_cls, exist_ok=True)
     # the pre-training composite's config (its model class, which imports the data and rendering code, loads lazily)
     from .configuration.unipre3d import UniPre3DConfig
 

@@ -60,3 +60,34 @@ class GaussianPretrainingOutput(ModelOutput):
     rendered_alphas: torch.FloatTensor | None = None
     gaussians: object | None = None
     last_hidden_state: torch.FloatTensor | None = None
+
+
+@dataclass
+class PointCloudClassifierOutput(ModelOutput):
+    """Output of the ``<Backbone>ForPointCloudClassification`` models.
+
+    Attributes:
+        loss: scalar cross-entropy, when ``labels`` were given.
+        logits: ``[B, num_labels]`` class scores (before softmax).
+        hidden_states: the backbone's per-stage features when ``output_hidden_states=True``.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class PointCloudSegmenterOutput(ModelOutput):
+    """Output of the ``<Backbone>ForPointCloudSegmentation`` models.
+
+    Attributes:
+        loss: scalar cross-entropy over the labelled points, when ``labels`` were given.
+        logits: per-point class scores, ``[B, N, num_labels]`` (object backbones) or ``[P, num_labels]`` (scene
+            backbones, packed like their input).
+        hidden_states: the backbone's per-stage features when ``output_hidden_states=True``.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
