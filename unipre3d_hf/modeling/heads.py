@@ -105,9 +105,10 @@ def _out_of_range(labels: torch.Tensor, num_labels: int, ignore_index: int | Non
     return keep & ((labels < 0) | (labels >= num_labels))
 
 
-class _PointCloudClassification:
-    """Classification on an object backbone; subclasses set ``backbone_class`` and inherit the backbone's
-    ``PreTrainedModel`` (config class, ``base_model_prefix``, weight initialisation)."""
+class _TaskModel:
+    """A backbone under its ``base_model_prefix`` (so that a backbone checkpoint loads into it) plus a head. The
+    concrete classes set ``backbone_class`` and inherit the backbone's ``PreTrainedModel`` (config class, prefix,
+    weight initialisation, which the head gets too); the task classes below add ``build_head``."""
 
     backbone_class: type
 
@@ -115,15 +116,22 @@ class _PointCloudClassification:
         super().__init__(config)
         self.head_config = head_settings(config)
         setattr(self, self.base_model_prefix, self.backbone_class(config))
-        self.classifier = MLPHead(
-            _global_width(config), self.head_config["classifier_hidden_sizes"], config.num_labels,
-            self.head_config["classifier_dropout"],
-        )  # fmt: skip
+        self.build_head(config)
         self.post_init()
 
     @property
     def backbone(self) -> nn.Module:
         return getattr(self, self.base_model_prefix)
+
+
+class _PointCloudClassification(_TaskModel):
+    """Shape classification on an object backbone."""
+
+    def build_head(self, config) -> None:
+        self.classifier = MLPHead(
+            _global_width(config), self.head_config["classifier_hidden_sizes"], config.num_labels,
+            self.head_config["classifier_dropout"],
+        )  # fmt: skip
 
     def forward(
         self,
@@ -154,15 +162,10 @@ class _PointCloudClassification:
         return output if return_dict else output.to_tuple()
 
 
-class _PointCloudSegmentation:
-    """Per-point semantic segmentation on any backbone; subclasses set ``backbone_class``."""
+class _PointCloudSegmentation(_TaskModel):
+    """Per-point semantic segmentation on any backbone."""
 
-    backbone_class: type
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.head_config = head_settings(config)
-        setattr(self, self.base_model_prefix, self.backbone_class(config))
+    def build_head(self, config) -> None:
         self.is_scene = config.fusion_point == "early"  # the scene backbones voxelize packed clouds
         self.per_patch = config.model_type in _CLS_TOKEN_MODELS  # one token per patch: interpolate to the points
         if self.is_scene:
@@ -173,11 +176,6 @@ class _PointCloudSegmentation:
                 width, self.head_config["classifier_hidden_sizes"][-1:], config.num_labels,
                 self.head_config["classifier_dropout"],
             )  # fmt: skip
-        self.post_init()
-
-    @property
-    def backbone(self) -> nn.Module:
-        return getattr(self, self.base_model_prefix)
 
     def forward(
         self,
