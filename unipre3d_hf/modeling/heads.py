@@ -91,18 +91,25 @@ def _global_width(config) -> int:
     return 2 * config.hidden_size if config.model_type in _CLS_TOKEN_MODELS else config.hidden_size
 
 
-def _check_labels(labels: torch.Tensor | None, shape: tuple, name: str = "labels") -> None:
-    if labels is None:
-        return
+def _cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, ignore_index: int | None = None
+) -> torch.Tensor:
+    """Cross-entropy of ``logits [..., num_labels]`` against ``labels [...]`` (class indices, or ``ignore_index``
+    for items left out), after checking the labels' shape, dtype and range."""
+    shape, num_labels = tuple(logits.shape[:-1]), logits.shape[-1]
     if labels.shape != shape or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(
-            f"`{name}` must be integer class indices of shape {list(shape)}, got {labels.dtype} {list(labels.shape)}"
+            f"`labels` must be integer class indices of shape {list(shape)}, got {labels.dtype} {list(labels.shape)}"
         )
-
-
-def _out_of_range(labels: torch.Tensor, num_labels: int, ignore_index: int | None) -> torch.Tensor:
-    keep = labels != ignore_index if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
-    return keep & ((labels < 0) | (labels >= num_labels))
+    labels = labels.to(logits.device).long()
+    kept = labels != ignore_index if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
+    if (kept & ((labels < 0) | (labels >= num_labels))).any():
+        allowed = f"[0, {num_labels})" + (f" or be {ignore_index} (ignored)" if ignore_index is not None else "")
+        raise ValueError(f"`labels` must lie in {allowed}, got {labels.unique().tolist()}")
+    return F.cross_entropy(
+        logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100 if ignore_index is None else ignore_index,
+        label_smoothing=label_smoothing,
+    )  # fmt: skip
 
 
 class _TaskModel:
@@ -153,11 +160,7 @@ class _PointCloudClassification(_TaskModel):
         logits = self.classifier(_global_feature(self.config, out))
         loss = None
         if labels is not None:
-            _check_labels(labels, (points.shape[0],))
-            labels = labels.to(logits.device)
-            if _out_of_range(labels, self.config.num_labels, None).any():
-                raise ValueError(f"`labels` must lie in [0, {self.config.num_labels}), got {labels.unique().tolist()}")
-            loss = F.cross_entropy(logits.float(), labels.long(), label_smoothing=self.head_config["label_smoothing"])
+            loss = _cross_entropy(logits, labels, self.head_config["label_smoothing"])
         output = PointCloudClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
         return output if return_dict else output.to_tuple()
 
@@ -217,18 +220,9 @@ class _PointCloudSegmentation(_TaskModel):
             logits = self.segmenter(per_point.flatten(0, 1)).unflatten(0, per_point.shape[:2])  # [B, N, num_labels]
         loss = None
         if labels is not None:
-            _check_labels(labels, tuple(logits.shape[:-1]))
-            labels = labels.to(logits.device).long()
-            ignore = self.head_config["segmentation_ignore_index"]
-            if _out_of_range(labels, self.config.num_labels, ignore).any():
-                raise ValueError(
-                    f"`labels` must lie in [0, {self.config.num_labels}) or be {ignore} (ignored), got "
-                    f"{labels.unique().tolist()}"
-                )
-            loss = F.cross_entropy(
-                logits.flatten(0, -2).float(), labels.flatten(), ignore_index=ignore,
-                label_smoothing=self.head_config["label_smoothing"],
-            )  # fmt: skip
+            loss = _cross_entropy(
+                logits, labels, self.head_config["label_smoothing"], self.head_config["segmentation_ignore_index"]
+            )
         output = PointCloudSegmenterOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
         return output if return_dict else output.to_tuple()
 
