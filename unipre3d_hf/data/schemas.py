@@ -19,9 +19,12 @@ views it uses (:func:`load_pretraining_dataset` turns decoding off; the collator
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Iterable
+import shutil
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import yaml
@@ -33,6 +36,7 @@ __all__ = [
     "DEPTH_SCALE",
     "ShardedParquetWriter",
     "BuildSummary",
+    "dataset_output",
     "write_dataset_card",
     "load_pretraining_dataset",
     "raw_features",
@@ -158,9 +162,12 @@ class ShardedParquetWriter:
         self._writer_cls = ParquetWriter
         self.data_dir = os.path.join(out_dir, "data")
         os.makedirs(self.data_dir, exist_ok=True)
-        for name in os.listdir(self.data_dir):
-            if name.startswith(f"{split}-") and name.endswith(".parquet"):
-                os.remove(os.path.join(self.data_dir, name))
+        stale = [n for n in os.listdir(self.data_dir) if n.startswith(f"{split}-") and n.endswith(".parquet")]
+        if stale:  # never delete a finished set's shards: builds write into a fresh folder (see dataset_output)
+            raise FileExistsError(
+                f"{self.data_dir} already holds {split!r} shards ({stale[0]}, ...); build into the folder that "
+                "`dataset_output(out_dir, overwrite=...)` gives, which replaces the old set only once the new one is complete"
+            )
         self.split = split
         self.features = features
         self.rows_per_shard = rows_per_shard
@@ -199,6 +206,52 @@ class ShardedParquetWriter:
             os.replace(tmp, path)
             final.append(path)
         return final
+
+
+@contextlib.contextmanager
+def dataset_output(out_dir: str, overwrite: bool = False) -> Iterator[str]:
+    """A fresh build folder for a dataset that replaces ``out_dir`` only once the build is complete.
+
+    ::
+
+        with dataset_output("data/objects-mini", overwrite=args.overwrite) as build_dir:
+            writer = ShardedParquetWriter(build_dir, "train", OBJECT_FEATURES)
+            ...
+            write_dataset_card(build_dir, ...)
+        # here data/objects-mini holds the new set; the old one was removed only after the new one was in place
+
+    The build folder is a sibling of ``out_dir`` (same file system, so the final move is a rename). If the body
+    raises (or the process is killed), ``out_dir`` is left exactly as it was; a killed build leaves a
+    ``.tmp-build-*`` sibling behind, which the next build of the same ``out_dir`` removes.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and is not empty, and ``overwrite`` is False.
+        ValueError: the body finished without writing anything into the build folder (the old set is kept).
+    """
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
+        raise FileExistsError(f"`out_dir` {out_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    parent, name = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    for child in os.listdir(parent):  # leftovers of killed builds of this same set
+        if child.startswith(f".tmp-build-{name}-") or child.startswith(f".tmp-old-{name}-"):
+            shutil.rmtree(os.path.join(parent, child), ignore_errors=True)
+    build_dir = os.path.join(parent, f".tmp-build-{name}-{os.getpid()}-{time.time_ns()}")
+    os.makedirs(build_dir)
+    try:
+        yield build_dir
+        if not os.listdir(build_dir):
+            raise ValueError(f"the build of {out_dir} wrote nothing; the previous contents are kept")
+    except BaseException:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise
+    trash = None
+    if os.path.exists(out_dir):
+        trash = os.path.join(parent, f".tmp-old-{name}-{time.time_ns()}")
+        os.replace(out_dir, trash)
+    os.replace(build_dir, out_dir)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def folder_size(path: str) -> int:
