@@ -135,6 +135,38 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert "checkpoint-6/model.safetensors: its SHA-256 differs" in caplog.text
 
 
+class _RunsCode:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):  # unpickling this creates the file: the proof that a pickle ran code
+        return (open, (self.path, "w"))
+
+
+def test_resume_never_unpickles_a_planted_pickle(tmp_path):
+    import hashlib
+    import pickle
+
+    run_training(tiny_args(tmp_path / "run", max_steps=2), Regression())
+    folder, marker = tmp_path / "run/checkpoint-2", tmp_path / "code-ran"
+    planted = pickle.dumps(_RunsCode(marker))
+    (folder / "custom_checkpoint_0.pkl").write_bytes(planted)  # as Accelerate's pickled EMA state was named
+    info = json.loads((folder / "COMPLETE").read_text())
+    info["files"]["custom_checkpoint_0.pkl"] = {"size": len(planted), "sha256": hashlib.sha256(planted).hexdigest()}
+    (folder / "COMPLETE").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="no usable checkpoint"):
+        run_training(tiny_args(tmp_path / "run", resume=str(folder), max_steps=4), Regression())
+    (folder / "custom_checkpoint_0.pkl").unlink()
+    torch.save({"state": {}, "param_groups": [_RunsCode(marker)]}, folder / "optimizer.pt")
+    data = (folder / "optimizer.pt").read_bytes()
+    info["files"].pop("custom_checkpoint_0.pkl")
+    info["files"]["optimizer.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "COMPLETE").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="no usable checkpoint"):
+        run_training(tiny_args(tmp_path / "run", resume="latest", max_steps=4), Regression())
+    assert not marker.exists()
+
+
 def test_a_used_output_dir_is_refused_and_overwrite_keeps_the_old_run_until_replaced(tmp_path):
     out = tmp_path / "out"
     run_training(tiny_args(out, max_steps=2), Regression())
