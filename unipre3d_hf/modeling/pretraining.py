@@ -477,6 +477,20 @@ class UniPre3DForGaussianPretraining(UniPre3DPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         cfg = self.config
+        # images and background are float in [0, 1] (the collators' output): 0..255 or NaN images would go into the
+        # loss unnoticed (issue 19). One sync per tensor; skipped while compiling (data-dependent checks break graphs).
+        for name, value in (("reference_images", reference_images), ("target_images", target_images),
+                            ("background", background)):  # fmt: skip
+            if value is None or torch.compiler.is_compiling():
+                continue
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise ValueError(
+                    f"`{name}` must be a floating-point tensor in [0, 1], got {getattr(value, 'dtype', type(value))}"
+                )
+            if value.numel():
+                lo, hi = (float(x) for x in torch.aminmax(value.detach()))
+                if not (0.0 <= lo and hi <= 1.0 and math.isfinite(hi)):  # NaN fails every comparison
+                    raise ValueError(f"`{name}` must be finite and in [0, 1], got values in [{lo}, {hi}]")
         if cfg.level == "object":
             if points is None:
                 raise ValueError("an object-level model needs `points` [B, N, 3]")
