@@ -8,19 +8,19 @@ Layout read::
     <frames-root>/pose/<scene>/<frame>.txt      4x4 camera-to-world (OpenCV axes)
     <frames-root>/intrinsic/<scene>/intrinsic_color.txt, intrinsic_depth.txt   4x4 K (ScanNet SensReader names)
 
-Frames are sorted by the integer in their file name. A frame whose pose is non-finite (ScanNet has ``-inf`` poses),
-or not rigid (rotation orthonormal with determinant +1, last row 0 0 0 1), whose depth PNG is not single-channel 16-bit
-(an 8-bit or RGB depth image would be misread as millimetres), or whose files are missing, unreadable or declare more
-than ``MAX_IMAGE_PIXELS`` pixels, is dropped and counted with its scene id, frame and reason. Intrinsics are read from the intrinsic files, not
-hard-coded. Every kept frame is stored at ``width x height`` (default 160x120, the paper's training size) in the
-*depth* camera: the depth map is resized with nearest neighbour, the colour image is resampled with the affine map
-between the two pinhole cameras (colour pixel = K_color K_depth^-1 depth pixel), so colour and depth are pixel
-aligned and share one ``intrinsics`` row, computed per frame (frames of one scene may differ in size). ScanNet's files use OpenCV's integer pixel centres; the stored intrinsics
-use this package's +0.5 centres: ``cx = (cx_file + 0.5) * width / width_file``. Scenes with fewer than ``min_frames``
-kept frames (the paper skips scenes with fewer than 16), with inconsistent point arrays or with a zero-byte,
-truncated, corrupt or pickled ``.npy`` file are skipped with their reason. Point folders ``train``/``val``/``test``
-become the splits ``train``/``validation``/``test``; a scene found in more than one of them is written to the first
-only (reported as skipped in the others), so nothing leaks across splits.
+Frames are sorted by the integer in their file name. A frame whose pose is non-finite (ScanNet has ``-inf`` poses), or
+not rigid (rotation orthonormal with determinant +1, last row 0 0 0 1), whose depth PNG is not single-channel 16-bit (an
+8-bit or RGB depth image would be misread as millimetres), or whose files are missing, unreadable or declare more than
+``MAX_IMAGE_PIXELS`` pixels, is dropped and counted with its scene id, frame and reason. Intrinsics are read from the
+intrinsic files, not hard-coded. Every kept frame is stored at ``width x height`` (default 160x120, the paper's training
+size) in the *depth* camera: the depth map is resized with nearest neighbour, the colour image is resampled with the
+affine map between the two pinhole cameras (colour pixel = K_color K_depth^-1 depth pixel), so colour and depth are
+pixel aligned and share one ``intrinsics`` row, computed per frame (frames of one scene may differ in size). ScanNet's
+files use OpenCV's integer pixel centres; the stored intrinsics use this package's +0.5 centres: ``cx = (cx_file + 0.5)
+* width / width_file``. Scenes with fewer than ``min_frames`` kept frames (the paper skips scenes with fewer than 16),
+with inconsistent point arrays or with a zero-byte, truncated, corrupt or pickled ``.npy`` file are skipped with their
+reason. Point folders ``train``/``val``/``test`` become the splits ``train``/``validation``/``test``; a scene found in
+more than one of them is written to the first only (reported as skipped in the others), so nothing leaks across splits.
 """
 
 from __future__ import annotations

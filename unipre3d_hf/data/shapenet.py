@@ -20,11 +20,12 @@ What the converter does:
   black, which equals the paper's "take RGB" for renders whose transparent pixels are black;
 - the split is the paper's: every ``<synset>/<model>`` sorted, shuffled with Python's ``random`` seeded with
   ``seed + 1`` (43 for the paper's seed 42), then 75 % train, 20 % validation, 5 % test;
-- a view whose image or matrix is missing, whose PNG does not decode (corrupt or truncated bytes) or declares more
-  than ``MAX_IMAGE_PIXELS`` pixels, whose matrix is unreadable, non-finite or not rigid (rotation orthonormal with
-  determinant +1, last row 0 0 0 1), or whose metadata focal or sensor size is zero, negative or NaN is dropped and recorded in the summary with its object id, view and reason
-  (``BuildSummary.dropped``, counted in ``dropped_frames``); the views are the numbered ``.png`` and ``.txt`` files,
-  and a gap in the numbering is reported as a missing view; no bad value is ever written. An object without a point file, with an unreadable point file (zero-byte, corrupt, pickled)
+- a view whose image or matrix is missing, whose PNG does not decode (corrupt or truncated bytes) or declares more than
+  ``MAX_IMAGE_PIXELS`` pixels, whose matrix is unreadable, non-finite or not rigid (rotation orthonormal with
+  determinant +1, last row 0 0 0 1), or whose metadata focal or sensor size is zero, negative or NaN is dropped and
+  recorded in the summary with its object id, view and reason (``BuildSummary.dropped``, counted in ``dropped_frames``);
+  the views are the numbered ``.png`` and ``.txt`` files, and a gap in the numbering is reported as a missing view; no
+  bad value is ever written. An object without a point file, with an unreadable point file (zero-byte, corrupt, pickled)
   or with fewer than ``min_views`` good views is skipped with its reason (``BuildSummary.skipped``).
 """
 
