@@ -294,7 +294,7 @@ def test_open_image_bounds_pixels_before_decoding():
 
 
 # -------------------------------------------------------------------- class 4: images at the model's input
-def test_pretraining_model_refuses_0_255_or_nan_images_and_bad_background():
+def test_pretraining_model_refuses_0_255_or_nan_images_bad_background_and_non_rigid_cameras():
     from tests.models.test_pretraining import OBJECT_BACKBONES, object_batch, tiny_model
 
     model = tiny_model(OBJECT_BACKBONES["pointmlp"]())
@@ -308,6 +308,9 @@ def test_pretraining_model_refuses_0_255_or_nan_images_and_bad_background():
         ("target_images", in_bytes.to(torch.uint8), "`target_images` must be a floating-point tensor"),
         ("background", torch.full((1, 3), float("nan")), r"`background` must be finite and in \[0, 1\]"),
     ]
+    skewed = batch["target_c2w"].clone()
+    skewed[0, 0, :3, :3] *= 0.5
+    cases.append(("target_c2w", skewed, r"`target_c2w`\[0, 0\] is not a rigid transform"))
     for key, value, message in cases:
         with pytest.raises(ValueError, match=message):
             model(**{**batch, key: value})
