@@ -122,7 +122,9 @@ def test_export_of_a_pretraining_run_fills_the_card_with_its_own_numbers(tmp_pat
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     run = pretraining_run(tmp_path)
-    out = Path(script.main(["--model_dir", str(run), "--output_dir", str(tmp_path / "hub"), "--repo_id", "me/demo"]))
+    # the run's backbone/ given directly (the Quick start's command): the run's numbers are found all the same
+    argv = ["--model_dir", str(run / "backbone"), "--output_dir", str(tmp_path / "hub"), "--repo_id", "me/demo"]
+    out = Path(script.main(argv))
     assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "pretrain_args.json",
                                        "unipre3d_remote.py"]  # fmt: skip
     config = json.loads((out / "config.json").read_text())

@@ -139,10 +139,13 @@ def auto_map(model_type: str) -> dict[str, str]:
 
 def resolve_model_dir(model_dir: str) -> tuple[str, str | None]:
     """``(folder with config.json and the weights, run folder or None)``: a pre-training run's output directory (it
-    has ``backbone/`` and ``final.json``) gives its ``backbone/``; any other folder is taken as it is (a converted
-    checkpoint, a fine-tuned model, a saved backbone)."""
+    has ``backbone/`` and ``final.json``) or its ``backbone/`` gives that backbone and the run; any other folder is
+    taken as it is (a converted checkpoint, a fine-tuned model, a saved backbone)."""
     if os.path.isfile(os.path.join(model_dir, "backbone", "config.json")):
         return os.path.join(model_dir, "backbone"), model_dir
+    parent, name = os.path.split(os.path.abspath(model_dir))
+    if name == "backbone" and os.path.isfile(os.path.join(parent, "final.json")):
+        return model_dir, parent  # a run's backbone/ given directly: its run's numbers still go into the card
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise FileNotFoundError(
             f"`model_dir` {model_dir} has no config.json (nor backbone/config.json): give a pre-training run's "
@@ -241,7 +244,7 @@ def render_model_card(
             metadata.pop(key, None)
         metadata["license"] = license
         if args.get("dataset"):
-            name = str(args["dataset"])
+            name = os.path.basename(str(args["dataset"]).rstrip("/"))  # a mini set's name, a folder or a Hub id
             metadata["datasets"] = [f"unipre3d/{name}" if name in ("objects-mini", "scenes-mini") else name]
         if final:
             metadata["metrics"] = sorted({_RUN_METRICS[k][0] for k in final})
