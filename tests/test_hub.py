@@ -182,6 +182,14 @@ def test_export_refuses_a_non_empty_output_and_keeps_it_when_an_overwrite_fails(
     monkeypatch.undo()
     export_for_hub(model_dir, out, overwrite=True)
     assert json.loads((out / "config.json").read_text())["architectures"] == ["PointMLPForPointCloudClassification"]
+    # a folder whose weights don't fill its architecture (a backbone relabelled as a classifier) is refused
+    (tmp_path / "partial").mkdir()
+    tiny_model("pointmlp-cls").backbone.save_pretrained(tmp_path / "partial")
+    config = json.loads((tmp_path / "partial" / "config.json").read_text())
+    config["architectures"] = ["PointMLPForPointCloudClassification"]
+    (tmp_path / "partial" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not fill PointMLPForPointCloudClassification: missing"):
+        export_for_hub(tmp_path / "partial", tmp_path / "hub-partial")
     with pytest.raises(ValueError, match="`model_type` must be one of"):
         (tmp_path / "bad").mkdir()
         (tmp_path / "bad" / "config.json").write_text(json.dumps({"model_type": "bert"}))

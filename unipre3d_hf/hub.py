@@ -164,7 +164,13 @@ def load_for_export(weights_dir: str):
     allowed = {cls.__name__: cls for cls in classes.values() if cls is not classes["AutoConfig"]}
     if len(names) != 1 or names[0] not in allowed:
         raise ValueError(f"`architectures` in {weights_dir}/config.json must be one of {sorted(allowed)}, got {names}")
-    return allowed[names[0]].from_pretrained(weights_dir).eval()
+    model, info = allowed[names[0]].from_pretrained(weights_dir, output_loading_info=True)
+    if info["missing_keys"] or info["mismatched_keys"]:  # never export freshly initialised weights as trained ones
+        raise ValueError(
+            f"the weights in {weights_dir} do not fill {names[0]}: missing {sorted(info['missing_keys'])[:8]}, "
+            f"mismatched {[k[0] if isinstance(k, tuple) else k for k in info['mismatched_keys']][:8]}"
+        )
+    return model.eval()
 
 
 def run_results(run_dir: str) -> dict:
@@ -243,12 +249,11 @@ def render_model_card(
         for key in ("model-index", "metrics", "license_name", "license_link"):
             metadata.pop(key, None)
         metadata["license"] = license
+        dataset = os.path.basename(str(args.get("dataset") or "unknown").rstrip("/"))  # a mini set, folder or Hub id
         if args.get("dataset"):
-            name = os.path.basename(str(args["dataset"]).rstrip("/"))  # a mini set's name, a folder or a Hub id
-            metadata["datasets"] = [f"unipre3d/{name}" if name in ("objects-mini", "scenes-mini") else name]
+            metadata["datasets"] = [f"unipre3d/{dataset}" if dataset in ("objects-mini", "scenes-mini") else dataset]
         if final:
             metadata["metrics"] = sorted({_RUN_METRICS[k][0] for k in final})
-            dataset = str(args.get("dataset") or "unknown")
             metrics = [
                 {
                     "type": _RUN_METRICS[k][0],
@@ -262,7 +267,7 @@ def render_model_card(
                 "dataset": {"type": dataset, "name": dataset, "split": args.get("val_split", "validation")},
                 "metrics": metrics,
             }
-            metadata["model-index"] = [{"name": repo_id or default_id, "results": [result]}]
+            metadata["model-index"] = [{"name": repo_id or type(model).__name__, "results": [result]}]
 
     num_params = sum(p.numel() for p in model.parameters())
     lines = [
@@ -290,7 +295,7 @@ def render_model_card(
             f"- Pre-trained with {command}"
             + (f" for {run['step']} steps" if run.get("step") is not None else "")
             + (f" on `{args['dataset']}`" if args.get("dataset") else "")
-            + "; the exported weights are the run's EMA backbone."
+            + ("; the exported weights are the run's EMA backbone." if args.get("use_ema", True) else ".")
         )
     if final:
         lines += ["", "| validation metric (measured for this upload) | at step 0 | at the end |", "|---|---:|---:|"]
