@@ -8,17 +8,20 @@ in the order the search meets them, i.e. by their smallest point index (Pointcep
 bfs_cluster.cpp``, ``bfs_cluster_kernel.cu``). This module computes the same connected components without a compiled
 extension:
 
-1. **Radius graph.** Points are put on a grid of cell edge ``radius`` (per group: scene x label); two points closer
-   than ``radius`` lie in the same or in adjacent cells, so only the pairs of the 27 neighbouring cells are tested,
-   with ``dx*dx + dy*dy + dz*dz < radius**2`` written as separate element-wise ops (identical rounding on every
-   device). Cells are found by sorted-key lookups (``torch.unique`` / ``searchsorted``) on coordinates compressed axis
-   by axis, so any coordinate range works. Candidate pairs are enumerated in chunks of ``mean_active * N`` pairs
-   (the role of Pointcept's ``meanActive`` buffer: memory, never the result).
-2. **Connected components.** Union by "hooking": each tree is a forest of parent pointers with
-   ``parent[i] <= i``; for every edge whose endpoints have different roots, the larger root is hooked onto the
-   smaller (``scatter_reduce(amin)``), then pointer jumping compresses the forest; repeated until every edge is
-   inside one tree. Each component ends with its smallest point index as its root, so the result does not depend on
-   the device or on the order of the edges.
+1. **Cells.** Points are put on a grid (per group: scene x label) of cell edge ``radius / sqrt(3)``: two points of
+   one cell are closer than ``radius``, so each point is joined to its cell's first point (the edge is still tested:
+   where rounding breaks it, that cell's pairs are all tested instead). Two points closer than ``radius`` lie at most
+   2 cells apart on every axis. Cells are found by sorted-key lookups (``torch.unique`` / ``searchsorted``) on
+   coordinates compressed axis by axis, so any coordinate range works.
+2. **Cell pairs**, one neighbour offset at a time (62 offsets of a half-space, nearest first): the pairs of two cells
+   already in one component are skipped (after the nearest offsets a dense blob is one component, so most of the
+   quadratic work of dense clusters is never done); the others' point pairs are tested with
+   ``dx*dx + dy*dy + dz*dz < radius**2`` written as separate element-wise ops (identical rounding on every device),
+   ``mean_active * N`` pairs at a time (the role of Pointcept's ``meanActive`` buffer: memory, never the result).
+3. **Components.** Union by "hooking": a forest of parent pointers with ``parent[i] <= i``; for every edge whose
+   endpoints have different roots, the larger root is hooked onto the smaller (``scatter_reduce(amin)``), then pointer
+   jumping compresses the forest; repeated until every edge is inside one tree. Each component ends with its smallest
+   point index as its root, so the result does not depend on the device or on the order of the edges.
 
 Difference from the CUDA kernel: ``ballquery_batch_p`` keeps at most the first 1000 neighbours of a point (in index
 order), which can drop edges inside very dense clusters; this module uses every neighbour.
@@ -28,8 +31,11 @@ from __future__ import annotations
 
 import torch
 
-# 27 integer offsets of the neighbouring cells (including the cell itself)
-_OFFSETS = torch.tensor([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)])
+# neighbour cells up to 2 away on each axis, one of each +-pair (lexicographically positive), nearest first
+_OFFSETS = sorted(
+    ((dx, dy, dz) for dx in range(-2, 3) for dy in range(-2, 3) for dz in range(-2, 3) if (dx, dy, dz) > (0, 0, 0)),
+    key=lambda o: (o[0] ** 2 + o[1] ** 2 + o[2] ** 2, o),
+)
 _CELL_LIMIT = float(2**60)  # cell coordinates are clamped here (far-away or non-finite points have no neighbour)
 
 
@@ -51,10 +57,10 @@ def _squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _CellGrid:
-    """The non-empty cells of ``groups x floor(points / cell_size)`` and their 27-neighbourhoods.
+    """The non-empty cells of ``groups x floor(points / cell_size)`` and their neighbours at ``_OFFSETS``.
 
     Attributes: ``cell [N]`` cell of each point, ``order [N]`` points sorted by cell, ``start / count [M]`` each cell's
-    slice of ``order``, ``neighbours [M, 27]`` neighbouring cells (``-1`` when empty).
+    slice of ``order``, ``first [M]`` its first point, ``neighbours [M, 62]`` neighbouring cells (``-1`` when empty).
     """
 
     def __init__(self, points: torch.Tensor, groups: torch.Tensor, cell_size: float):
@@ -75,9 +81,9 @@ class _CellGrid:
         self.count = torch.bincount(self.cell, minlength=num_cells)
         self.start = torch.cumsum(self.count, 0) - self.count
         # one representative point per cell gives the cell's group and integer coordinates
-        rep = self.order[self.start]
+        self.first = rep = self.order[self.start]
         rep_group, rep_cells = group_rank[rep], cells[rep]
-        offsets = _OFFSETS.to(points.device)
+        offsets = torch.tensor(_OFFSETS, device=points.device)
         neighbours = []
         for off in offsets:
             key = rep_group
@@ -87,34 +93,25 @@ class _CellGrid:
                 key = torch.where((key >= 0) & (rank >= 0), key * axes[k].numel() + rank, torch.full_like(key, -1))
                 key = _lookup(levels[k], key)
             neighbours.append(key)
-        self.neighbours = torch.stack(neighbours, dim=1)  # [M, 27]
+        self.neighbours = torch.stack(neighbours, dim=1)  # [M, 62]
 
 
-def _radius_edges(points: torch.Tensor, groups: torch.Tensor, radius: float, mean_active: int):
-    """Yield ``(src, dst)`` chunks of the pairs ``src < dst`` (same group) with squared distance ``< radius**2``."""
-    n = points.shape[0]
-    # a cell edge a hair above the radius, so that rounding in points / cell_size never splits a pair below it
-    grid = _CellGrid(points, groups, radius * (1.0 + 1e-5))
-    cells_a = torch.arange(grid.neighbours.shape[0], device=points.device)[:, None].expand_as(grid.neighbours)
-    keep = grid.neighbours >= cells_a  # each unordered cell pair once (the relation is symmetric)
-    cell_a, cell_b = cells_a[keep], grid.neighbours[keep]
+def _cell_pairs(grid: _CellGrid, cell_a: torch.Tensor, cell_b: torch.Tensor, chunk: int):
+    """Yield ``(src, dst)`` chunks (at most ``chunk`` long) of every point pair of the cell pairs ``(a, b)``; for
+    ``a == b``, each unordered pair once."""
     sizes = grid.count[cell_a] * grid.count[cell_b]
     ends = torch.cumsum(sizes, 0)
     total = int(ends[-1]) if ends.numel() else 0
-    chunk = max(int(mean_active) * n, 1 << 16)
-    r2 = radius * radius
     for first in range(0, total, chunk):
-        last = min(first + chunk, total)
-        flat = torch.arange(first, last, device=points.device)
+        flat = torch.arange(first, min(first + chunk, total), device=cell_a.device)
         pair = torch.searchsorted(ends, flat, right=True)  # the cell pair each candidate belongs to
         local = flat - (ends[pair] - sizes[pair])
         a, b = cell_a[pair], cell_b[pair]
         width = grid.count[b]
         src = grid.order[grid.start[a] + torch.div(local, width, rounding_mode="floor")]
         dst = grid.order[grid.start[b] + local % width]
-        ok = ((a != b) | (src < dst)) & (_squared_distance(points[src], points[dst]) < r2)
-        src, dst = src[ok], dst[ok]
-        yield torch.minimum(src, dst), torch.maximum(src, dst)
+        keep = (a != b) | (src < dst)
+        yield src[keep], dst[keep]
 
 
 def _compress(parent: torch.Tensor) -> torch.Tensor:
@@ -124,6 +121,20 @@ def _compress(parent: torch.Tensor) -> torch.Tensor:
         if torch.equal(grand, parent):
             return parent
         parent = grand
+
+
+def _union(parent: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Merge the trees of the edges ``(src, dst)``; returns the compressed forest."""
+    while True:
+        parent = _compress(parent)
+        root_s, root_d = parent[src], parent[dst]
+        cross = root_s != root_d
+        if not cross.any():
+            return parent
+        root_s, root_d, src, dst = root_s[cross], root_d[cross], src[cross], dst[cross]
+        # hook the larger root onto the smaller one (several hooks on one root: the smallest wins, the others stay
+        # crossing edges for the next round)
+        parent = parent.scatter_reduce(0, torch.maximum(root_s, root_d), torch.minimum(root_s, root_d), "amin")
 
 
 def radius_connected_components(
@@ -159,16 +170,33 @@ def radius_connected_components(
     if n == 0:
         return parent
     with torch.no_grad():
-        for src, dst in _radius_edges(points.detach(), groups.to(points.device).long(), float(radius), mean_active):
-            while src.numel():
-                parent = _compress(parent)
-                root_s, root_d = parent[src], parent[dst]
-                cross = root_s != root_d
-                src, dst, root_s, root_d = src[cross], dst[cross], root_s[cross], root_d[cross]
-                # hook the larger root onto the smaller one (several hooks on one root: the smallest wins, the
-                # others stay crossing edges for the next round)
-                parent = parent.scatter_reduce(0, torch.maximum(root_s, root_d), torch.minimum(root_s, root_d), "amin")
-        return _compress(parent)
+        points, r2, chunk = points.detach(), float(radius) ** 2, max(int(mean_active) * n, 1 << 16)
+        # a cell edge a hair below radius / sqrt(3); the within-cell edges are still tested below
+        grid = _CellGrid(points, groups.to(points.device).long(), float(radius) / 3**0.5 * (1.0 - 1e-4))
+
+        def close(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+            return _squared_distance(points[src], points[dst]) < r2
+
+        # 1. every point to its cell's first point; a cell where that fails somewhere has all its pairs tested
+        src, dst = parent, grid.first[grid.cell]
+        ok = close(src, dst)
+        parent = _union(parent, src[ok], dst[ok])
+        broken = torch.zeros_like(grid.count, dtype=torch.bool)
+        broken[grid.cell[~ok]] = True
+        cells = broken.nonzero().flatten()
+        for src, dst in _cell_pairs(grid, cells, cells, chunk):
+            ok = close(src, dst)
+            parent = _union(parent, src[ok], dst[ok])
+        # 2. neighbouring cells, nearest offsets first, skipping pairs of cells already in one component
+        cells = torch.arange(grid.count.numel(), device=points.device)
+        for k in range(grid.neighbours.shape[1]):
+            other = grid.neighbours[:, k]
+            a, b = cells[other >= 0], other[other >= 0]
+            a, b = (x[broken[a] | broken[b] | (parent[grid.first[a]] != parent[grid.first[b]])] for x in (a, b))
+            for src, dst in _cell_pairs(grid, a, b, chunk):
+                ok = close(src, dst)
+                parent = _union(parent, src[ok], dst[ok])
+        return parent
 
 
 def radius_clusters(
