@@ -15,6 +15,7 @@ from tests.models.scene_backbone_checks import two_scenes
 from tests.models.test_pretraining import OBJECT_BACKBONES, SCENE_BACKBONES
 from unipre3d_hf import AutoModelForPointCloudInstanceSegmentation
 from unipre3d_hf.modeling.heads import INSTANCE_DEFAULTS, INSTANCE_SEGMENTATION_MODELS, instance_centroids
+from unipre3d_hf.testing_utils import require_cuda
 
 NUM_LABELS = 4  # 0 wall, 1 floor (stuff), 2 chair, 3 table
 
@@ -232,3 +233,19 @@ def test_the_loss_falls():
         optimizer.step()
         losses.append([out.loss.item(), out.offset_l1_loss.item()])
     assert losses[-1][0] < 0.7 * losses[0][0] and losses[-1][1] < losses[0][1]
+
+
+@pytest.mark.gpu
+@require_cuda
+def test_cuda_inference_equals_cpu():
+    from unipre3d_hf.testing_utils import write_report
+
+    model = instance_model().eval()
+    out, logits, shifts, offsets = blobs_case()
+    expected = model.cluster_instances(out, logits, shifts, offsets)
+    cuda_out = SimpleNamespace(**{k: v.cuda() for k, v in vars(out).items()})
+    got = model.cuda().cluster_instances(cuda_out, logits.cuda(), shifts.cuda(), offsets.cuda())
+    for (m, s, c), (em, es, ec) in zip(got, expected):
+        assert torch.equal(m.cpu(), em) and torch.equal(c.cpu(), ec)
+        torch.testing.assert_close(s.cpu(), es)
+    write_report({"test": "instance_inference_cuda_vs_cpu", "instances": [len(e[1]) for e in expected], "equal": True})
