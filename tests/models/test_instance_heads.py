@@ -201,12 +201,18 @@ def test_auto_class_defaults_backbone_loading_and_errors(tmp_path):
     backbone.save_pretrained(tmp_path / "backbone")
     loaded = AutoModelForPointCloudInstanceSegmentation.from_pretrained(tmp_path / "backbone", num_labels=NUM_LABELS)
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in loaded.backbone.state_dict().items())
+    norm = loaded.bias_head[1]  # new BatchNorm: fresh statistics, not uninitialised memory
+    assert torch.equal(norm.running_mean, torch.zeros(norm.num_features)) and torch.equal(
+        norm.running_var, torch.ones(norm.num_features)
+    )
+    assert norm.num_batches_tracked.item() == 0
     # the clustering fields travel with the config
     loaded.config.cluster_min_points = 7
     loaded.save_pretrained(tmp_path / "task")
     again = AutoModelForPointCloudInstanceSegmentation.from_pretrained(tmp_path / "task")
     assert again.instance_config["cluster_min_points"] == 7
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in again.state_dict().items())
+    differ = [k for k, v in again.state_dict().items() if not torch.equal(v, loaded.state_dict()[k])]
+    assert not differ, differ
     with pytest.raises(ValueError, match="Unrecognized configuration class"):
         AutoModelForPointCloudInstanceSegmentation.from_config(OBJECT_BACKBONES["pointmlp"]())
     with pytest.raises(ValueError, match="`cluster_spaces` must be a non-empty list"):

@@ -385,6 +385,15 @@ class _PointCloudInstanceSegmentation(_TaskModel):
             nn.Linear(width, width), nn.BatchNorm1d(width, eps=1e-3, momentum=0.01), nn.ReLU(), nn.Linear(width, 3)
         )
 
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The backbone's initialisation, plus fresh BatchNorm statistics: ``from_pretrained`` of a backbone
+        checkpoint creates the head's buffers empty, and the scene backbones' rule only sets BatchNorm's affine
+        weights (without this, the offset head's running variance was uninitialised memory)."""
+        super()._init_weights(module)
+        if isinstance(module, nn.BatchNorm1d):
+            module.reset_running_stats()
+
     def instance_losses(
         self,
         coords: torch.Tensor,
