@@ -21,6 +21,13 @@ paper configurations on ScanNet-sized synthetic rooms (points on the walls of 6 
 
     python scripts/benchmark.py backbones-scene --sparse-conv spconv --attention auto
     python scripts/benchmark.py backbones-scene --sparse-conv torch --attention torch --batch-sizes 1
+
+`instance` times PointGroup inference (``SparseUNetForPointCloudInstanceSegmentation``, ScanNet20 settings) on one
+synthetic room of ``--points`` points: the model forward alone, forward + clustering of the (untrained) model, and the
+clustering alone on oracle predictions (the walls cut into 1 m patches, each an instance of a "thing" class, every
+voxel shifted onto its patch centre with 1 cm noise: the dense case a trained model gives):
+
+    python scripts/benchmark.py instance --points 100000 --sparse-conv spconv
 """
 
 from __future__ import annotations
@@ -259,6 +266,48 @@ def bench_backbones_scene(args) -> list[dict]:
     return rows
 
 
+def bench_instance(args) -> list[dict]:
+    from types import SimpleNamespace
+
+    from unipre3d_hf import SparseUNetConfig, SparseUNetForPointCloudInstanceSegmentation
+    from unipre3d_hf.ops.voxelize import segment_mean
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = SparseUNetConfig(sparse_conv_backend=args.sparse_conv, num_labels=20)
+    model = SparseUNetForPointCloudInstanceSegmentation(config).to(device).eval()
+    coords, feats, offsets = synthetic_rooms(1, args.points, device)
+    with torch.no_grad():
+        out = model.backbone(coords, feats, offsets)
+    # oracle predictions: 1 m patches of the walls are instances of classes 2..19, shifted onto their centres
+    patch = torch.unique((out.anchor_points / 1.0).floor(), dim=0, return_inverse=True)[1]
+    g = torch.Generator(device=device).manual_seed(0)
+    centres = segment_mean(out.anchor_points, patch, int(patch.max()) + 1)
+    shifts = centres[patch] - out.anchor_points + 0.01 * torch.randn(patch.shape[0], 3, device=device, generator=g)
+    logits = torch.nn.functional.one_hot(2 + patch % 18, 20).float() * 5
+    oracle = SimpleNamespace(batch_index=out.batch_index, anchor_points=out.anchor_points,
+                             point_to_token=out.point_to_token)  # fmt: skip
+    stages = {
+        "forward": lambda: model(coords, feats, offsets, return_instances=False),
+        "forward+clustering (untrained model)": lambda: model(coords, feats, offsets),
+        "clustering (oracle offsets)": lambda: model.cluster_instances(oracle, logits, shifts, offsets),
+    }
+    rows = []
+    for stage, step in stages.items():
+        with torch.no_grad():
+            result = _time_step(step, device, args.warmup, args.repeats)
+            found = step()
+        masks = found[0][0] if isinstance(found, list) else found.pred_masks
+        count = masks.shape[0] if isinstance(found, list) else (masks[0].shape[0] if masks is not None else None)
+        row = {
+            "benchmark": "instance", "stage": stage, "points": args.points, "voxels": int(out.batch_index.numel()),
+            "oracle_instances": int(centres.shape[0]), "predicted_instances": count, "sparse_conv": args.sparse_conv,
+            "device": str(device), **result,
+        }  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def bench_selective_scan(args) -> list[dict]:
     """Forward + backward of the selective scan (delta_softplus, D, z, delta_bias all on) at Mamba3D and PCM sizes.
 
@@ -361,6 +410,14 @@ def main(argv: list[str] | None = None) -> None:
     p_scene.add_argument("--warmup", type=int, default=2)
     p_scene.add_argument("--output", default=None, help="also write the results as JSON to this file")
     p_scene.set_defaults(func=bench_backbones_scene)
+    p_inst = sub.add_parser("instance", help="PointGroup inference (forward, clustering) on a synthetic room")
+    p_inst.add_argument("--points", type=int, default=100_000, help="points in the room")
+    p_inst.add_argument("--sparse-conv", choices=["auto", "torch", "spconv"], default="auto")
+    p_inst.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p_inst.add_argument("--repeats", type=int, default=5)
+    p_inst.add_argument("--warmup", type=int, default=1)
+    p_inst.add_argument("--output", default=None, help="also write the results as JSON to this file")
+    p_inst.set_defaults(func=bench_instance)
     p_scan = sub.add_parser("selective-scan", help="Mamba selective scan, forward + backward")
     p_scan.add_argument("--workload", choices=["mamba3d", "pcm", "all"], default="all")
     p_scan.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

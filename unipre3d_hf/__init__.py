@@ -40,6 +40,10 @@ _LAZY_NAMES = {
     "PointCloudSegmenterOutput": "modeling.outputs",
     "AutoModelForPointCloudClassification": "modeling.auto",
     "AutoModelForPointCloudSegmentation": "modeling.auto",
+    "AutoModelForPointCloudInstanceSegmentation": "modeling.auto",
+    "SparseUNetForPointCloudInstanceSegmentation": "modeling.heads",
+    "PTv3ForPointCloudInstanceSegmentation": "modeling.heads",
+    "PointCloudInstanceSegmenterOutput": "modeling.outputs",
     "PointMLPForPointCloudClassification": "modeling.heads",
     "PointTransformerForPointCloudClassification": "modeling.heads",
     "Mamba3DForPointCloudClassification": "modeling.heads",
@@ -107,6 +111,14 @@ if TYPE_CHECKING:
         is_spconv_available,
     )
 
+if TYPE_CHECKING:  # instance segmentation (PointGroup)
+    from .modeling.auto import AutoModelForPointCloudInstanceSegmentation  # noqa: F401
+    from .modeling.heads import (  # noqa: F401
+        PTv3ForPointCloudInstanceSegmentation,
+        SparseUNetForPointCloudInstanceSegmentation,
+    )
+    from .modeling.outputs import PointCloudInstanceSegmenterOutput  # noqa: F401
+
 
 # (configuration module, config class, modeling module, model class) registered with AutoConfig / AutoModel
 _AUTO_MODELS: list[tuple[str, str, str, str]] = [
@@ -137,6 +149,11 @@ def _register_with_auto_classes() -> None:
     ):
         for model_cls in task_models:
             auto_class.register(model_cls.config_class, model_cls, exist_ok=True)
+    from .modeling.auto import AutoModelForPointCloudInstanceSegmentation
+    from .modeling.heads import INSTANCE_SEGMENTATION_MODELS
+
+    for model_cls in INSTANCE_SEGMENTATION_MODELS:
+        AutoModelForPointCloudInstanceSegmentation.register(model_cls.config_class, model_cls, exist_ok=True)
     # the pre-training composite's config (its model class, which imports the data and rendering code, loads lazily)
     from .configuration.unipre3d import UniPre3DConfig
 

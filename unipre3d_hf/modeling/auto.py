@@ -31,3 +31,12 @@ class AutoModelForPointCloudSegmentation(_BaseAutoModelClass):
 
 
 __all__ = ["AutoModelForPointCloudClassification", "AutoModelForPointCloudSegmentation"]
+
+
+class AutoModelForPointCloudInstanceSegmentation(_BaseAutoModelClass):
+    """The ``<Backbone>ForPointCloudInstanceSegmentation`` of a backbone config (PointGroup on the scene backbones)."""
+
+    _model_mapping = _LazyAutoMapping(OrderedDict(), OrderedDict())
+
+
+__all__ += ["AutoModelForPointCloudInstanceSegmentation"]

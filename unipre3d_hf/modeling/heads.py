@@ -298,3 +298,261 @@ __all__ = [
     "SparseUNetForPointCloudSegmentation",
     "head_settings",
 ]
+
+
+# ======================================================================================================================
+# Instance segmentation (issue 18): PointGroup on the scene backbones. Appended as one section; its imports are here.
+# ======================================================================================================================
+
+from ..ops.clustering import radius_clusters  # noqa: E402
+from ..ops.voxelize import offsets_to_batch_index, segment_mean  # noqa: E402
+from .outputs import PointCloudInstanceSegmenterOutput  # noqa: E402
+
+# Pointcept's PointGroup for ScanNet20 (configs/scannet/insseg-pointgroup-v1m1-0-spunet-base.py and the defaults of
+# pointcept/models/point_group/point_group_v1m1_base.py), field for field
+INSTANCE_DEFAULTS = {
+    "segment_ignore_index": [-1, 0, 1],  # classes that never form instances: unlabelled, wall, floor
+    "instance_ignore_index": -1,
+    "cluster_thresh": 1.5,  # ball-query radius, in voxels of the shifted coordinates (1.5 x 0.02 m = 3 cm)
+    "cluster_closed_points": 300,  # Pointcept's meanActive (neighbour buffer per point): memory only
+    "cluster_propose_points": 100,  # a proposal needs more than this many voxels
+    "cluster_min_points": 50,  # a BFS cluster needs at least this many voxels
+    "voxel_size": 0.02,  # coordinates are divided by it before clustering
+    "cluster_spaces": ["shifted"],  # Pointcept: the shifted space only; PointGroup's paper: ["original", "shifted"]
+}
+_CLUSTER_SPACES = ("original", "shifted")
+
+
+def instance_settings(config) -> dict:
+    """The PointGroup fields of a scene backbone config, with Pointcept's ScanNet defaults (``INSTANCE_DEFAULTS``).
+
+    - ``segment_ignore_index`` ([-1, 0, 1]): classes without instances ("stuff": ScanNet20's wall and floor, and the
+      unlabelled -1). Their points get no offset loss, are never clustered, and predictions of them are dropped.
+    - ``instance_ignore_index`` (-1): instance id of points in no instance (no offset loss).
+    - ``cluster_thresh`` (1.5), ``voxel_size`` (0.02): two points are neighbours when their coordinates divided by
+      ``voxel_size`` are closer than ``cluster_thresh`` (3 cm).
+    - ``cluster_min_points`` (50): a connected component of one class is a cluster from this many voxels on;
+      ``cluster_propose_points`` (100): a cluster becomes a prediction with more voxels than this.
+    - ``cluster_closed_points`` (300): Pointcept's ``meanActive`` neighbour buffer; here it sizes the chunks of the
+      radius search (``ops.clustering``) and never changes the result.
+    - ``cluster_spaces`` (["shifted"]): the coordinate spaces clustered: ``"shifted"`` (voxel centre + predicted
+      offset, as Pointcept's PG-v1m1) and/or ``"original"`` (the voxel centres; PointGroup's dual set, Jiang et al.
+      2020, which then rescores with its ScoreNet and NMS: not part of Pointcept's model nor of this one, so the two
+      sets' duplicates stay separate predictions).
+    """
+    s = {key: getattr(config, key, default) for key, default in INSTANCE_DEFAULTS.items()}
+    s["segment_ignore_index"] = [int(c) for c in s["segment_ignore_index"]]
+    s["cluster_spaces"] = list(s["cluster_spaces"])
+    for key in ("cluster_thresh", "voxel_size"):
+        if not float(s[key]) > 0:
+            raise ValueError(f"`{key}` must be > 0, got {s[key]}")
+    for key in ("cluster_closed_points", "cluster_min_points"):
+        if int(s[key]) < 1:
+            raise ValueError(f"`{key}` must be >= 1, got {s[key]}")
+    if int(s["cluster_propose_points"]) < 0:
+        raise ValueError(f"`cluster_propose_points` must be >= 0, got {s['cluster_propose_points']}")
+    if not s["cluster_spaces"] or any(space not in _CLUSTER_SPACES for space in s["cluster_spaces"]):
+        raise ValueError(f"`cluster_spaces` must be a non-empty list of {_CLUSTER_SPACES}, got {s['cluster_spaces']}")
+    if all(c in s["segment_ignore_index"] for c in range(config.num_labels)):
+        raise ValueError(f"`segment_ignore_index` {s['segment_ignore_index']} leaves no class to form instances")
+    return s
+
+
+def instance_centroids(
+    coords: torch.Tensor, instance_labels: torch.Tensor, offsets: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """``[P, 3]`` mean position of the instance of each point (per scene: instance ids are local to a scene), for the
+    points where ``valid [P]``; the other rows are 0 (Pointcept's ``InstanceParser`` centroid)."""
+    scene = offsets_to_batch_index(offsets, coords.shape[0])
+    key = scene * (int(instance_labels.max()) + 2 if instance_labels.numel() else 1) + instance_labels + 1
+    key = torch.where(valid, key, torch.full_like(key, -1))
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    centres = segment_mean(coords.float(), inverse, uniq.numel())
+    return torch.where(valid[:, None], centres[inverse], torch.zeros_like(coords, dtype=centres.dtype))
+
+
+class _PointCloudInstanceSegmentation(_TaskModel):
+    """PointGroup (Pointcept's ``PG-v1m1``) on a scene backbone: a semantic head and an offset head per voxel; the
+    points of each "thing" class are clustered by their shifted positions into instances."""
+
+    def build_head(self, config) -> None:
+        if config.fusion_point != "early":
+            raise ValueError(f"instance segmentation needs a scene backbone, got {config.model_type}")
+        self.instance_config = instance_settings(config)
+        width = config.hidden_size
+        self.segmenter = nn.Linear(width, config.num_labels)  # Pointcept's seg_head
+        self.bias_head = nn.Sequential(  # Pointcept's bias_head (BatchNorm eps 1e-3, momentum 0.01 as its norm_fn)
+            nn.Linear(width, width), nn.BatchNorm1d(width, eps=1e-3, momentum=0.01), nn.ReLU(), nn.Linear(width, 3)
+        )
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The backbone's initialisation, plus fresh BatchNorm statistics: ``from_pretrained`` of a backbone
+        checkpoint creates the head's buffers empty, and the scene backbones' rule only sets BatchNorm's affine
+        weights (without this, the offset head's running variance was uninitialised memory)."""
+        super()._init_weights(module)
+        if isinstance(module, nn.BatchNorm1d):
+            module.reset_running_stats()
+
+    def instance_losses(
+        self,
+        coords: torch.Tensor,
+        offsets: torch.Tensor,
+        logits: torch.Tensor,
+        offset_vectors: torch.Tensor,
+        labels: torch.Tensor,
+        instance_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pointcept's three terms: ``(cross-entropy, offset L1, offset direction cosine)``; each is 0 (not NaN) when
+        no point counts for it."""
+        settings = self.instance_config
+        ignore = self.head_config["segmentation_ignore_index"]
+        if instance_labels.shape != labels.shape or instance_labels.dtype.is_floating_point:
+            raise ValueError(
+                f"`instance_labels` must be integer instance ids of shape {list(labels.shape)}, got "
+                f"{instance_labels.dtype} {list(instance_labels.shape)}"
+            )
+        semantic = _cross_entropy(logits, labels, self.head_config["label_smoothing"], ignore)
+        labels, instance_labels = labels.to(logits.device).long(), instance_labels.to(logits.device).long()
+        if not (labels != ignore).any():  # cross-entropy over no point is NaN
+            semantic = logits.sum() * 0.0
+        # points of an instance: a valid instance id on a class that has instances (Pointcept's InstanceParser)
+        stuff = torch.tensor(settings["segment_ignore_index"], device=labels.device)
+        mask = (instance_labels != settings["instance_ignore_index"]) & ~torch.isin(labels, stuff)
+        target = instance_centroids(coords, instance_labels, offsets, mask) - coords.float()
+        pred = offset_vectors.float()
+        weight = mask.float()
+        denominator = weight.sum() + 1e-8
+        l1 = ((pred - target).abs().sum(-1) * weight).sum() / denominator
+        pred_dir = pred / (pred.norm(dim=1, keepdim=True) + 1e-8)
+        target_dir = target / (target.norm(dim=1, keepdim=True) + 1e-8)
+        cosine = (-(pred_dir * target_dir).sum(-1) * weight).sum() / denominator
+        return semantic, l1, cosine
+
+    @torch.no_grad()
+    def cluster_instances(self, backbone_out, voxel_logits: torch.Tensor, voxel_offsets: torch.Tensor, offsets):
+        """PointGroup's inference on the voxels: the voxels of each predicted "thing" class, in each scene, are
+        grouped by radius-graph components in every ``cluster_spaces`` space; a component of
+        ``>= cluster_min_points`` voxels with ``> cluster_propose_points`` voxels is an instance, scored by the mean
+        probability of its class over its voxels. Returns per-scene ``(masks [K_b, N_b], scores [K_b], classes [K_b])``
+        with point masks (every point in the instance of its voxel)."""
+        settings = self.instance_config
+        num_scenes = offsets.numel()
+        probs = voxel_logits.float().softmax(dim=-1)
+        classes = probs.argmax(dim=-1)
+        stuff = torch.tensor(settings["segment_ignore_index"], device=classes.device)
+        things = (~torch.isin(classes, stuff)).nonzero().flatten()
+        batch_index = backbone_out.batch_index
+        groups = batch_index[things] * self.config.num_labels + classes[things]
+        voxel_cluster, cluster_scene, cluster_class, cluster_score = [], [], [], []
+        spaces = {"original": backbone_out.anchor_points, "shifted": backbone_out.anchor_points + voxel_offsets}
+        for space in settings["cluster_spaces"]:
+            position = spaces[space][things].float() / settings["voxel_size"]
+            cluster = radius_clusters(
+                position, settings["cluster_thresh"], groups, settings["cluster_min_points"],
+                settings["cluster_closed_points"],
+            )  # fmt: skip
+            members = cluster >= 0
+            num = int(cluster.max()) + 1 if members.any() else 0
+            size = torch.bincount(cluster[members], minlength=num)
+            kept = size > settings["cluster_propose_points"]
+            rename = torch.cumsum(kept.long(), 0) - 1  # kept clusters keep their order (by smallest voxel)
+            keep = members.clone()
+            keep[members] = kept[cluster[members]]
+            ids = rename[cluster[keep]]
+            voxels = things[keep]
+            count = int(kept.sum())
+            per_voxel = torch.full((voxel_logits.shape[0],), -1, dtype=torch.long, device=classes.device)
+            per_voxel[voxels] = ids
+            voxel_cluster.append(per_voxel)
+            first = torch.full((count,), voxels.numel(), dtype=torch.long, device=classes.device)
+            first = first.scatter_reduce(0, ids, torch.arange(voxels.numel(), device=ids.device), "amin")
+            cluster_scene.append(batch_index[voxels[first]])
+            cluster_class.append(classes[voxels[first]])
+            own = probs[voxels, classes[voxels]]
+            cluster_score.append(segment_mean(own[:, None], ids, count)[:, 0])
+        starts = torch.cat([offsets.new_zeros(1), offsets[:-1]]).tolist()
+        results = []
+        for b in range(num_scenes):
+            masks, scores, labels = [], [], []
+            tokens = backbone_out.point_to_token[starts[b] : int(offsets[b])]
+            for per_voxel, scene, cls, score in zip(voxel_cluster, cluster_scene, cluster_class, cluster_score):
+                mine = (scene == b).nonzero().flatten()
+                point_cluster = per_voxel[tokens]
+                masks.append(point_cluster[None, :] == mine[:, None])
+                scores.append(score[mine])
+                labels.append(cls[mine])
+            results.append((torch.cat(masks), torch.cat(scores), torch.cat(labels)))
+        return results
+
+    def forward(
+        self,
+        coords: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        instance_labels: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        return_instances: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> PointCloudInstanceSegmenterOutput | tuple:
+        r"""
+        Args:
+            coords, features, offsets: packed scenes, ``[P, 3]`` metres, ``[P, C]``, ``[B]`` cumulative counts
+                (``points`` is accepted as a synonym of ``coords``).
+            labels: optional ``[P]`` semantic class ids (``segmentation_ignore_index`` -1 for unlabelled points).
+            instance_labels: optional ``[P]`` instance ids, local to each scene (``instance_ignore_index`` -1 for
+                none); with ``labels``, the losses are computed.
+            return_instances: cluster into instances (default: in eval mode, as Pointcept).
+        Returns:
+            ``PointCloudInstanceSegmenterOutput``: losses, ``logits [P, num_labels]``, ``offset_vectors [P, 3]``, and
+            per scene ``pred_masks [K_b, N_b]``, ``pred_scores [K_b]``, ``pred_classes [K_b]`` when clustering.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return_instances = (not self.training) if return_instances is None else return_instances
+        coords = coords if coords is not None else points
+        if coords is None or features is None or offsets is None:
+            raise ValueError("instance segmentation needs packed `coords` [P, 3], `features` [P, C] and `offsets` [B]")
+        if (labels is None) != (instance_labels is None):
+            raise ValueError("the losses need both `labels` [P] and `instance_labels` [P] (or neither)")
+        out = self.backbone(coords, features, offsets, output_hidden_states=output_hidden_states, return_dict=True)
+        voxel_logits = self.segmenter(out.last_hidden_state)
+        voxel_offsets = self.bias_head(out.last_hidden_state)
+        logits, offset_vectors = voxel_logits[out.point_to_token], voxel_offsets[out.point_to_token]
+        loss = semantic = l1 = cosine = None
+        if labels is not None:
+            semantic, l1, cosine = self.instance_losses(
+                coords, offsets, logits, offset_vectors, labels, instance_labels
+            )
+            loss = semantic + l1 + cosine
+        masks = scores = classes = None
+        if return_instances:
+            instances = self.cluster_instances(out, voxel_logits.detach(), voxel_offsets.detach(), offsets)
+            masks, scores, classes = (tuple(x) for x in zip(*instances))
+        output = PointCloudInstanceSegmenterOutput(
+            loss=loss, semantic_loss=semantic, offset_l1_loss=l1, offset_cosine_loss=cosine, logits=logits,
+            offset_vectors=offset_vectors, pred_masks=masks, pred_scores=scores, pred_classes=classes,
+            hidden_states=out.hidden_states,
+        )  # fmt: skip
+        return output if return_dict else output.to_tuple()
+
+
+class SparseUNetForPointCloudInstanceSegmentation(_PointCloudInstanceSegmentation, SparseUNetPreTrainedModel):
+    backbone_class = SparseUNetModel
+
+
+class PTv3ForPointCloudInstanceSegmentation(_PointCloudInstanceSegmentation, PTv3PreTrainedModel):
+    backbone_class = PTv3Model
+
+
+INSTANCE_SEGMENTATION_MODELS = (SparseUNetForPointCloudInstanceSegmentation, PTv3ForPointCloudInstanceSegmentation)
+
+__all__ += [
+    "INSTANCE_DEFAULTS",
+    "INSTANCE_SEGMENTATION_MODELS",
+    "PTv3ForPointCloudInstanceSegmentation",
+    "SparseUNetForPointCloudInstanceSegmentation",
+    "instance_centroids",
+    "instance_settings",
+]

@@ -91,3 +91,34 @@ class PointCloudSegmenterOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class PointCloudInstanceSegmenterOutput(ModelOutput):
+    """Output of the ``<Backbone>ForPointCloudInstanceSegmentation`` models (PointGroup on a scene backbone).
+
+    Attributes:
+        loss: scalar ``semantic_loss + offset_l1_loss + offset_cosine_loss`` (Pointcept's equal weights), when
+            ``labels`` and ``instance_labels`` were given.
+        semantic_loss: cross-entropy over the labelled points.
+        offset_l1_loss: mean over the points of an instance of ``|predicted - true shift to the centroid|_1``.
+        offset_cosine_loss: mean over the same points of ``-cos(predicted shift, true shift)``.
+        logits: ``[P, num_labels]`` per-point class scores (every point the scores of its voxel).
+        offset_vectors: ``[P, 3]`` predicted shift (metres) from each point to the centre of its instance.
+        pred_masks: one ``[K_b, N_b]`` bool tensor per scene (``N_b`` its input points): the predicted instances,
+            when instances were computed (eval mode, or ``return_instances=True``).
+        pred_scores: one ``[K_b]`` tensor per scene: mean softmax probability of the instance's class over its voxels.
+        pred_classes: one ``[K_b]`` int64 tensor per scene: the class of each instance.
+        hidden_states: the backbone's per-stage features when ``output_hidden_states=True``.
+    """
+
+    loss: torch.FloatTensor | None = None
+    semantic_loss: torch.FloatTensor | None = None
+    offset_l1_loss: torch.FloatTensor | None = None
+    offset_cosine_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    offset_vectors: torch.FloatTensor | None = None
+    pred_masks: tuple[torch.BoolTensor, ...] | None = None
+    pred_scores: tuple[torch.FloatTensor, ...] | None = None
+    pred_classes: tuple[torch.LongTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
