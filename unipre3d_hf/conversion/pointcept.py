@@ -1,4 +1,4 @@
-"""Pointcept interop: our Sparse UNet / PTv3 weights <-> Pointcept's ``SpUNet-v1m1`` / ``PT-v3m1`` / ``PT-v3m2``.
+"""Pointcept interop: our Sparse UNet / PTv3 weights <-> Pointcept's ``SpUNet-v1m1`` / ``PT-v3m1``.
 
 Pointcept (https://github.com/Pointcept/Pointcept) names the modules of ``SpUNet-v1m1`` (``conv_input``, ``down``,
 ``enc.<s>.block<i>``, ``up``, ``dec``, ``final``) and of Point Transformer V3 (``embedding.stem``,
@@ -7,9 +7,11 @@ UniPre3D, which vendors them, does; the renaming rules are those of ``conversion
 (``{"state_dict": ...}``) carry the backbone under ``module.backbone.`` (DDP) or ``backbone.`` next to the
 segmentor's other parts (``seg_head``, criteria), which are not part of a backbone and are dropped by name.
 
-PT-v3m1 and PT-v3m2 (Sonata) share their parameter names but not one behaviour: PT-v3m1's unpooling leaves the sparse
-tensor of the first decoder CPE un-refreshed (``PTv3Config.legacy_unpooling_cpe=True``), PT-v3m2's refreshes it (our
-default). ``import_pointcept_state_dict`` sets the flag from ``arch``.
+PT-v3m1 checkpoints import with ``PTv3Config.legacy_unpooling_cpe=True`` (PT-v3m1's unpooling leaves the sparse
+tensor of each decoder stage's first CPE un-refreshed). Sonata's PT-v3m2 is not importable: besides refreshing that
+tensor (our default), it embeds with a Linear stem (``embedding.stem.linear``), normalises pooling and unpooling with
+LayerNorm and pools on the grid (``GridPooling``), none of which ``PTv3Model`` implements; such a state dict is
+recognised and refused with that reason.
 
 Head counts and patch sizes are not in a state dict: the imported config takes Pointcept's defaults (heads =
 channels / 16, as every Pointcept PTv3 config; patch 1024) unless ``config_kwargs`` say otherwise.
@@ -28,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - older transformers
     from transformers.modeling_utils import no_init_weights
 
-ARCHS = {"SpUNet-v1m1": "sparse_unet", "PT-v3m1": "ptv3", "PT-v3m2": "ptv3"}
+ARCHS = {"SpUNet-v1m1": "sparse_unet", "PT-v3m1": "ptv3"}
 
 # ours -> Pointcept (the inverse of SPARSE_UNET_RULES / PTV3_RULES; the round trip is tested key by key)
 _SPARSE_UNET_EXPORT = (
@@ -57,7 +59,7 @@ _PTV3_EXPORT = (
 
 def export_pointcept_state_dict(model, prefix: str = "") -> dict[str, torch.Tensor]:
     """Our ``SparseUNetModel`` / ``PTv3Model`` (or its ``state_dict()``'s model) as a state dict that Pointcept's
-    ``SpUNet-v1m1`` / ``PT-v3m1`` (or ``PT-v3m2``) loads strictly.
+    ``SpUNet-v1m1`` / ``PT-v3m1`` loads strictly.
 
     Args:
         model: a ``SparseUNetModel`` or ``PTv3Model``.
@@ -135,7 +137,7 @@ def import_pointcept_state_dict(state_dict: dict[str, torch.Tensor], arch: str, 
     Args:
         state_dict: the checkpoint's ``state_dict`` (``module.`` / ``backbone.`` prefixes are stripped; when the keys
             carry ``backbone.``, the segmentor's other keys are dropped).
-        arch: ``"SpUNet-v1m1"``, ``"PT-v3m1"`` or ``"PT-v3m2"`` (Sonata).
+        arch: ``"SpUNet-v1m1"`` or ``"PT-v3m1"``.
         config_kwargs: config fields to override (e.g. ``enc_num_head``, ``enc_patch_size``, ``grid_size``).
     Returns:
         ``(model, dropped keys)``.
@@ -145,6 +147,11 @@ def import_pointcept_state_dict(state_dict: dict[str, torch.Tensor], arch: str, 
     from ..modeling.ptv3 import PTv3Model
     from ..modeling.sparse_unet import SparseUNetModel
 
+    if arch == "PT-v3m2" or any(k.endswith("embedding.stem.linear.weight") for k in state_dict):
+        raise CheckpointConversionError(
+            "this is a Sonata PT-v3m2 state dict (embedding.stem.linear): its Linear stem, LayerNorm pooling / "
+            "unpooling and grid pooling are not implemented by PTv3Model, so its weights have nowhere to go"
+        )
     if arch not in ARCHS:
         raise ValueError(f"`arch` must be one of {sorted(ARCHS)}, got {arch!r}")
     backbone = ARCHS[arch]
@@ -155,7 +162,7 @@ def import_pointcept_state_dict(state_dict: dict[str, torch.Tensor], arch: str, 
         state_dict = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     kwargs = {**infer_config_kwargs(state_dict, backbone), **(config_kwargs or {})}
     if backbone == "ptv3":
-        kwargs.setdefault("legacy_unpooling_cpe", arch == "PT-v3m1")
+        kwargs.setdefault("legacy_unpooling_cpe", True)
         config, model_cls, rules = PTv3Config(**kwargs), PTv3Model, PTV3_RULES
     else:
         config, model_cls, rules = SparseUNetConfig(**kwargs), SparseUNetModel, SPARSE_UNET_RULES
