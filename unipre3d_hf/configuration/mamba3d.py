@@ -26,6 +26,10 @@ class Mamba3DConfig(PretrainedConfig):
         legacy_cls_pos_anchors (`bool`, defaults to `False`): the paper code returned the CLS positional embedding
             instead of the patch centres as Gaussian anchors (method reference 13, #4); `True` returns its first 3
             values for every token, for parity only.
+        legacy_fps (`bool`, defaults to `False`): sample the patch centres as pointnet2_ops' CUDA FPS kernel does
+            (``unipre3d_hf.ops.sampling.farthest_point_sample_pointnet2``): points with |p|^2 <= 1e-3 are never
+            picked (after the first) and their distance is never updated, so objects whose surface passes through
+            the origin lose those points as centres. For parity with released checkpoints.
         selective_scan_backend (`str`, defaults to "auto"): "auto" (mamba-ssm on CUDA when installed, else torch),
             "torch" or "mamba_ssm".
         layer_norm_eps (`float`, defaults to 1e-5), initializer_range (`float`, defaults to 0.02).
@@ -51,6 +55,7 @@ class Mamba3DConfig(PretrainedConfig):
         bimamba_type: str = "v4",
         lnp_std_over_batch: bool = False,
         legacy_cls_pos_anchors: bool = False,
+        legacy_fps: bool = False,
         selective_scan_backend: str = "auto",
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
@@ -82,6 +87,7 @@ class Mamba3DConfig(PretrainedConfig):
         self.bimamba_type = bimamba_type
         self.lnp_std_over_batch = lnp_std_over_batch
         self.legacy_cls_pos_anchors = legacy_cls_pos_anchors
+        self.legacy_fps = legacy_fps
         self.selective_scan_backend = selective_scan_backend
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range

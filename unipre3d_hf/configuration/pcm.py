@@ -35,6 +35,11 @@ class PCMConfig(PretrainedConfig):
             Conv(384 -> 384)+BN+ReLU, Dropout, Conv(384 -> 128) that UniPre3D keeps in the backbone; the fusion
             hook runs before it.
         selective_scan_backend (`str`): "auto", "torch" or "mamba_ssm".
+        legacy_axis_orders (`bool`, defaults to `False`): serialize as UniPre3D's PCM code does
+            (``unipre3d_hf.ops.serialization.serialize_pcm_legacy``): axis orders coded from the batch-wide maxima
+            of the 2nd and 3rd axes (so effectively by the first axis alone), Hilbert / z depth from the batch's
+            largest grid coordinate, the flattened batch sorted at once. For parity with released checkpoints; ties
+            are broken in index order, the original's non-stable GPU sort cannot be reproduced bit-exactly.
     """
 
     model_type = "unipre3d_pcm"
@@ -73,6 +78,7 @@ class PCMConfig(PretrainedConfig):
         head_dropout: float = 0.5,
         selective_scan_backend: str = "auto",
         initializer_range: float = 0.02,
+        legacy_axis_orders: bool = False,
         **kwargs,
     ):
         self.use_height = use_height
@@ -106,6 +112,7 @@ class PCMConfig(PretrainedConfig):
         self.head_dropout = head_dropout
         self.selective_scan_backend = selective_scan_backend
         self.initializer_range = initializer_range
+        self.legacy_axis_orders = legacy_axis_orders
         _check_lengths(
             "PCMConfig",
             dim_expansion=self.dim_expansion,

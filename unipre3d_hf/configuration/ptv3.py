@@ -55,6 +55,11 @@ class PTv3Config(PretrainedConfig):
         sparse_conv_backend (`str`, *optional*, defaults to `"auto"`): `"auto"`, `"torch"` or `"spconv"`.
         attention_backend (`str`, *optional*, defaults to `"auto"`): `"auto"`, `"torch"` (padded SDPA),
             `"torch_varlen"` or `"flash_attn"`.
+        legacy_unpooling_cpe (`bool`, *optional*, defaults to `False`): Pointcept PT-v3m1's serialized unpooling,
+            which UniPre3D vendors: the first block of every decoder stage runs its CPE conv on `proj_skip(skip)`
+            alone (PT-v3m1 adds the upsampled coarse features to the point features but not to the sparse tensor the
+            conv reads), while its residual and attention use the sum. Every PT-v3m1 checkpoint (UniPre3D's
+            included) needs `True`; the default is PT-v3m2 / Sonata's, where the conv also reads the sum.
 
     Example:
 
@@ -95,6 +100,7 @@ class PTv3Config(PretrainedConfig):
         grid_size: float = 0.02,
         sparse_conv_backend: str = "auto",
         attention_backend: str = "auto",
+        legacy_unpooling_cpe: bool = False,
         **kwargs,
     ):
         order = [order] if isinstance(order, str) else list(order)
@@ -154,6 +160,7 @@ class PTv3Config(PretrainedConfig):
         self.grid_size = grid_size
         self.sparse_conv_backend = sparse_conv_backend
         self.attention_backend = attention_backend
+        self.legacy_unpooling_cpe = legacy_unpooling_cpe
         super().__init__(**kwargs)
 
     @property

@@ -17,7 +17,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration.mamba3d import Mamba3DConfig
-from ..ops.sampling import gather_points, knn
+from ..ops.sampling import farthest_point_sample_pointnet2, gather_points, knn
 from .layers import DropPath, MambaMixer, MiniPointNet, check_point_batch, group_patches, init_point_module
 from .outputs import PointBackboneOutput
 
@@ -146,7 +146,10 @@ class Mamba3DModel(Mamba3DPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
         check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
-        centres, patches = group_patches(points, features, config.num_groups, config.group_size, "knn")
+        if config.legacy_fps:
+            centres, patches = _pointnet2_fps_patches(points, features, config.num_groups, config.group_size)
+        else:
+            centres, patches = group_patches(points, features, config.num_groups, config.group_size, "knn")
         tokens = self.patch_encoder(patches)
         _, neighbours = knn(centres, centres, config.lnp_k)
         B = tokens.shape[0]
@@ -172,6 +175,17 @@ class Mamba3DModel(Mamba3DPreTrainedModel):
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
         )
         return out if return_dict else out.to_tuple()
+
+
+def _pointnet2_fps_patches(points, features, num_groups: int, group_size: int):
+    """``group_patches(..., "knn")`` with the centres of pointnet2_ops' FPS kernel (``Mamba3DConfig.legacy_fps``):
+    ``(centres [B, G, 3], patches [B, G, K, 3 + C])``."""
+    centres = gather_points(points, farthest_point_sample_pointnet2(points, num_groups))
+    _, idx = knn(centres, points, group_size)
+    patches = gather_points(points, idx) - centres.unsqueeze(2)
+    if features is not None:
+        patches = torch.cat([patches, gather_points(features, idx)], dim=-1)
+    return centres, patches
 
 
 __all__ = ["Mamba3DModel", "Mamba3DPreTrainedModel"]

@@ -22,7 +22,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration.pcm import PCMConfig
 from ..ops.sampling import gather_points
-from ..ops.serialization import serialize
+from ..ops.serialization import serialize, serialize_pcm_legacy
 from .layers import (
     ConvBNAct1d,
     DropPath,
@@ -57,6 +57,22 @@ def serialization_order(points: torch.Tensor, order: str, grid_size: float) -> t
         a, b, c = (grid[..., _AXES[axis]] for axis in order)
         codes = (a << 42) | (b << 21) | c
     return torch.argsort(codes, dim=1, stable=True)
+
+
+def legacy_serialization_order(points: torch.Tensor, order: str, grid_size: float) -> torch.LongTensor:
+    """UniPre3D's PCM serialization (``PCMConfig.legacy_axis_orders``): the permutation ``[B * S]`` of the flattened
+    batch ``points [B, S, 3]`` that sorts the codes of ``serialize_pcm_legacy`` (batch-wide maxima and depth; stable
+    for ties, where the original's GPU argsort is not). As in the original, the result is applied to the flattened
+    batch and reshaped to ``[B, S]``; the codes keep the samples apart except in degenerate batches."""
+    B, S, _ = points.shape
+    grid = torch.floor(points.detach() / grid_size).long()
+    grid = grid - grid.amin(dim=1, keepdim=True)
+    batch = torch.arange(B, device=points.device).repeat_interleave(S)
+    return torch.argsort(serialize_pcm_legacy(grid.reshape(B * S, 3), batch, order), stable=True)
+
+
+def _take_flat(x: torch.Tensor, perm: torch.LongTensor) -> torch.Tensor:
+    return x.flatten(0, 1)[perm].view_as(x)
 
 
 class PCMMambaLayer(GradientCheckpointingLayer):
@@ -177,7 +193,12 @@ class PCMModel(PCMPreTrainedModel):
         current = None
         for j, layer in enumerate(self.mamba_stages[i]):
             order = config.mamba_orders[layer0 + j]
-            if order != current:
+            if order != current and config.legacy_axis_orders:
+                perm = legacy_serialization_order(xyz, order, config.serialization_grid_size)
+                xyz, x = _take_flat(xyz, perm), _take_flat(x, perm)
+                residual = None if residual is None else _take_flat(residual, perm)
+                current = order
+            elif order != current:
                 perm = serialization_order(xyz, order, config.serialization_grid_size)
                 xyz, x = gather_points(xyz, perm), gather_points(x, perm)
                 residual = None if residual is None else gather_points(residual, perm)

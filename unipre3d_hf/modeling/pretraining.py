@@ -280,12 +280,13 @@ class ScenePointFusion(nn.Module):
     """Scene-level point fusion (early): append the lifted pixels as voxels carrying their image features, then
     ``SubMConv3d(C, C, 3) + BatchNorm1d + ReLU`` over the union (3D voxels and lifted voxels). A lifted voxel that
     falls on an occupied cell becomes a second row of that cell, as in the paper. The fusion conv runs even when no
-    pixel survives (the paper then skips it), so the network is the same function for every batch."""
+    pixel survives (the paper then skips it), so the network is the same function for every batch. The conv has a
+    bias, as the paper's ``spconv.SubMConv3d(32, 32, 3)`` (spconv's default ``bias=True``) in ``fusion_mlps``."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.channels = channels
-        self.conv = SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key="fusion")
+        self.conv = SubMConv3d(channels, channels, 3, padding=1, bias=True, indice_key="fusion")
         self.norm = nn.BatchNorm1d(channels)
         self.act = nn.ReLU()
 

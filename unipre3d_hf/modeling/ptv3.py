@@ -117,8 +117,13 @@ class PTv3Block(GradientCheckpointingLayer):
         self.mlp = PTv3MLP(channels, int(channels * config.mlp_ratio), config.proj_drop)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, features: torch.Tensor, level: PTv3Level, order_index: int) -> torch.Tensor:
-        cpe = self.cpe_conv(level.voxels.replace_features(features)).features
+    def forward(
+        self, features: torch.Tensor, level: PTv3Level, order_index: int, cpe_input: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``features [N, C]`` -> ``[N, C]``. ``cpe_input`` (default ``features``) is what the CPE conv reads: PT-v3m1's
+        first decoder block passes the projected skip alone (``PTv3Config.legacy_unpooling_cpe``)."""
+        cpe_input = features if cpe_input is None else cpe_input
+        cpe = self.cpe_conv(level.voxels.replace_features(cpe_input)).features
         features = features + self.cpe_norm(self.cpe_linear(cpe))
         x = self.norm1(features) if self.pre_norm else features
         features = features + self.drop_path(self.attn(x, level, order_index))
@@ -179,8 +184,14 @@ class PTv3Unpooling(nn.Module):
             nn.Linear(skip_channels, out_channels), nn.BatchNorm1d(out_channels, eps=eps, momentum=momentum), nn.GELU()
         )
 
-    def forward(self, coarse: torch.Tensor, skip: torch.Tensor, cluster: torch.Tensor) -> torch.Tensor:
-        return self.proj_skip(skip) + self.proj(coarse)[cluster]
+    def forward(
+        self, coarse: torch.Tensor, skip: torch.Tensor, cluster: torch.Tensor, return_skip: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``coarse [M, C_in]``, ``skip [N, C_skip]``, ``cluster [N]`` -> ``[N, C_out]`` (and ``LBG(skip)`` with
+        ``return_skip``, for PT-v3m1's first decoder CPE)."""
+        projected_skip = self.proj_skip(skip)
+        out = projected_skip + self.proj(coarse)[cluster]
+        return (out, projected_skip) if return_skip else out
 
 
 class PTv3Stage(nn.Module):
@@ -192,10 +203,12 @@ class PTv3Stage(nn.Module):
             PTv3Block(channels, num_heads, patch_size, drop_paths[i], config) for i in range(depth)
         )
 
-    def run_blocks(self, features: torch.Tensor, level: PTv3Level) -> torch.Tensor:
+    def run_blocks(
+        self, features: torch.Tensor, level: PTv3Level, first_cpe_input: torch.Tensor | None = None
+    ) -> torch.Tensor:
         num_orders = level.codes.shape[0]
         for i, block in enumerate(self.blocks):
-            features = block(features, level, i % num_orders)
+            features = block(features, level, i % num_orders, first_cpe_input if i == 0 else None)
         return features
 
 
@@ -332,8 +345,12 @@ class PTv3Model(PTv3PreTrainedModel):
             hidden.append(feats)
         for s in reversed(range(len(self.dec))):
             stage = self.dec[s]
-            feats = stage.unpooling(feats, skips.pop(), clusters.pop())
-            feats = stage.run_blocks(feats, levels[s])
+            if self.config.legacy_unpooling_cpe:
+                feats, cpe_input = stage.unpooling(feats, skips.pop(), clusters.pop(), return_skip=True)
+                feats = stage.run_blocks(feats, levels[s], first_cpe_input=cpe_input)
+            else:
+                feats = stage.unpooling(feats, skips.pop(), clusters.pop())
+                feats = stage.run_blocks(feats, levels[s])
             hidden.append(feats)
         pooled = segment_max(feats, batch_index, offsets.numel())
         hidden_states = tuple(hidden) if output_hidden_states else None

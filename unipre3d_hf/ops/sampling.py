@@ -128,3 +128,38 @@ def three_nn_interpolate(
     weight = 1.0 / (dist + eps)
     weight = (weight / weight.sum(-1, keepdim=True)).to(features.dtype)
     return (gather_points(features, idx) * weight.unsqueeze(-1)).sum(dim=2)
+
+
+def farthest_point_sample_pointnet2(points: torch.Tensor, num_samples: int) -> torch.LongTensor:
+    """Farthest point sampling exactly as pointnet2_ops' CUDA kernel (``furthest_point_sampling_kernel``, which
+    Point-MAE-style models such as Mamba3D call through ``misc.fps``), for parity with their checkpoints.
+
+    It differs from :func:`farthest_point_sample` in that points with ``|p|^2 <= 1e-3`` (near the origin, which is the
+    centroid of a normalised object) are skipped by the kernel: they are never picked after the first index (0) and
+    their distance to the chosen set is never updated. The distances start at 1e10, as the kernel's buffer. When no
+    point can be picked any more the kernel returns index 0. Ties go to the lowest index (the kernel's strided thread
+    reduction also prefers lower indices for exact ties, which are rare with float coordinates).
+
+    Args:
+        points: ``[B, N, 3]``.
+        num_samples: ``S <= N``.
+    Returns:
+        ``[B, S]`` long indices.
+    """
+    _check_batch("points", points)
+    B, N, _ = points.shape
+    if not 0 < num_samples <= N:
+        raise ValueError(f"farthest_point_sample_pointnet2: `num_samples` must be in [1, N={N}], got {num_samples}")
+    pts = points.detach().float()
+    valid = (pts * pts).sum(-1) > 1e-3
+    idx = torch.zeros(B, num_samples, dtype=torch.long, device=points.device)
+    min_dist = torch.full((B, N), 1e10, device=points.device)
+    batch = torch.arange(B, device=points.device)
+    current = torch.zeros(B, dtype=torch.long, device=points.device)
+    for i in range(1, num_samples):
+        last = pts[batch, current].unsqueeze(1)
+        min_dist = torch.where(valid, torch.minimum(min_dist, ((pts - last) ** 2).sum(-1)), min_dist)
+        # the kernel starts each search at best = -1, index 0, and skips the invalid points
+        current = torch.where(valid, min_dist, torch.full_like(min_dist, -1.0)).argmax(dim=1)
+        idx[:, i] = current
+    return idx

@@ -129,3 +129,52 @@ def serialize(
 
 
 __all__ = ["MAX_DEPTH", "ORDERS", "hilbert_encode", "serialize", "z_order_encode"]
+
+
+AXIS_ORDERS = ("xyz", "xzy", "yxz", "yzx", "zxy", "zyx")
+
+
+def serialize_pcm_legacy(grid_coords: torch.Tensor, batch_index: torch.Tensor, order: str) -> torch.Tensor:
+    """Serialization codes exactly as UniPre3D's Point Cloud Mamba computes them, for parity with its checkpoints
+    (``openpoints/models/PCM/serialization.py``: ``Point.serialization`` with ``depth=None``, ``encode``,
+    ``encode_cts``).
+
+    - Depth: ``int(grid_coords.max()).bit_length()`` over the whole batch (not ``MAX_DEPTH``), so the Hilbert and
+      z-order curves of a cloud depend on its batch mates.
+    - Axis orders (``"xyz"``, ``"xzy"``, ...): with ``a, b, c`` the coordinates in that axis order and ``A, B, C``
+      their maxima over the batch, ``encode_cts`` builds ``code1 = n(B) * A + s(B) * a``,
+      ``code2 = n(C) * A * B + s(C) * code1`` and ``code = batch * A * B * C + code2``, where ``s(m) = +1`` for even
+      ``m`` and ``-1`` for odd ``m`` and ``n(m) = m`` (even) or ``m + 1`` (odd): it uses the batch-wide *maxima* of
+      the 2nd and 3rd axes where a snake order would use their coordinates, so the code is a monotone function of
+      the first axis alone (plus the sample), and the many ties are broken by the sort.
+
+    The original sorts these codes with a non-stable ``torch.argsort`` on the GPU, whose tie order cannot be
+    reproduced; sort them with ``stable=True`` (ties in index order). The codes themselves are reproduced exactly.
+
+    Args:
+        grid_coords: ``[N, 3]`` int64 non-negative grid coordinates (the batch flattened).
+        batch_index: ``[N]`` int64 sample index.
+        order: ``"xyz"``-style axis order, or ``"z"``, ``"z-trans"``, ``"hilbert"``, ``"hilbert-trans"``.
+    Returns:
+        ``[N]`` int64 codes.
+    """
+    if grid_coords.ndim != 2 or grid_coords.shape[1] != 3:
+        raise ValueError(f"`grid_coords` must have shape [N, 3], got {tuple(grid_coords.shape)}")
+    if order in ORDERS:
+        depth = max(int(grid_coords.max()).bit_length(), 1) if grid_coords.numel() else 1
+        return serialize(grid_coords.long(), batch_index, order, depth=depth)
+    if order not in AXIS_ORDERS:
+        raise ValueError(f"`order` must be one of {AXIS_ORDERS + ORDERS}, got {order!r}")
+    g = grid_coords.long()[:, ["xyz".index(axis) for axis in order]]
+    a = g[:, 0]
+    maxima = g.amax(dim=0)
+    code, base = a, maxima[0]
+    for m in (maxima[1], maxima[2]):
+        sign = 1 if int(m) % 2 == 0 else -1
+        n = m if sign == 1 else m + 1
+        code = n * base + sign * code
+        base = base * m
+    return batch_index.long() * base + code
+
+
+__all__ += ["AXIS_ORDERS", "serialize_pcm_legacy"]
