@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from unipre3d_hf.testing_utils import require_cuda
 from unipre3d_hf.training import (
     EMA,
     CheckpointError,
@@ -252,3 +253,14 @@ def test_save_best_uses_save_pretrained_for_transformers_models(tmp_path):
     reloaded = _TinyModel.from_pretrained(tmp_path / "best")
     assert torch.equal(reloaded.proj.weight, model.proj.weight)
     assert read_best(tmp_path)["value"] == 30.0
+
+
+@require_cuda
+def test_cuda_generator_state_round_trips(tmp_path):
+    accelerator, *objects = _setup()
+    torch.cuda.manual_seed_all(3)
+    folder = _save(accelerator, *objects, tmp_path, 1)
+    expected = torch.rand(4, device="cuda")
+    torch.rand(100, device="cuda")  # move the generator on
+    _load(accelerator, *objects, folder)
+    assert torch.equal(torch.rand(4, device="cuda"), expected)
