@@ -258,10 +258,7 @@ def list_furniture(source: str = DEFAULT_SOURCE) -> tuple[list[FurnitureModel], 
         for i in indices:
             entry = props[f"id#{i}"]
             model = props.get(f"model#{i}", "")
-            try:
-                dims = [float(props.get(f"{k}#{i}", "nan")) / 100.0 for k in ("width", "depth", "height")]
-            except ValueError:
-                dims = [math.nan] * 3
+            dims = [_number(props.get(f"{k}#{i}"), math.nan) / 100.0 for k in ("width", "depth", "height")]
             if not model:
                 bad.append((entry, "no model file in the catalogue"))
                 continue
@@ -274,11 +271,18 @@ def list_furniture(source: str = DEFAULT_SOURCE) -> tuple[list[FurnitureModel], 
                     tags=props.get(f"tags#{i}", ""), creator=props.get(f"creator#{i}", "unknown"), pack=pack,
                     pack_license=packs[pack], sh3f=path, model=model.lstrip("/"), width=dims[0], depth=dims[1],
                     height=dims[2], door_or_window=props.get(f"doorOrWindow#{i}", "false").lower() == "true",
-                    elevation=float(props.get(f"elevation#{i}", "0") or 0) / 100.0,
+                    elevation=_number(props.get(f"elevation#{i}"), 0.0) / 100.0,
                 )
             )  # fmt: skip
     models.sort(key=lambda m: m.id)
     return models, packs, bad
+
+
+def _number(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text else default
+    except ValueError:
+        return default
 
 
 def classify_furniture(name: str, category: str = "") -> int | None:
@@ -574,8 +578,8 @@ def build_sweethome3d(
     views: int = 24,
     image_size: int = 128,
     num_points: int = 2048,
-    rooms: int = 120,
-    frames: int = 48,
+    rooms: int = 100,
+    frames: int = 32,
     width: int = 160,
     height: int = 120,
     voxel_size: float = 0.02,
@@ -612,6 +616,12 @@ def build_sweethome3d(
         )
     if not 0 < test_fraction < 1 or voxel_size <= 0:
         raise ValueError(f"need 0 < test_fraction < 1 and voxel_size > 0, got {test_fraction}, {voxel_size}")
+    command = (
+        f"python scripts/build_dataset.py sweethome3d --only {','.join(only)} --views {views} --image-size {image_size}"
+        f" --image-format {image_format} --points {num_points} --rooms {rooms} --frames {frames} --width {width}"
+        f" --height {height} --voxel-size {voxel_size} --seed {seed}"
+        + (f" --max-models {max_models}" if max_models else "")
+    )
     models, packs, bad_entries = list_furniture(source)
     models = models[:max_models] if max_models else models
     labels = [classify_furniture(m.name, m.category) for m in models]
@@ -623,13 +633,13 @@ def build_sweethome3d(
             summaries.update(
                 _build_objects_and_cls(
                     out_dir, overwrite, only, models, packs, bad_entries, labels, cls_split, obj_split, views,
-                    image_size, num_points, image_format, seed, scratch, show_progress,
+                    image_size, num_points, image_format, seed, scratch, show_progress, test_fraction, command,
                 )
             )  # fmt: skip
         if "rooms" in only and rooms > 0:
             summaries["rooms"] = _build_rooms(
                 out_dir, overwrite, models, packs, labels, rooms, frames, width, height, voxel_size, image_format,
-                seed, scratch, show_progress,
+                seed, scratch, show_progress, command,
             )  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -638,7 +648,7 @@ def build_sweethome3d(
 
 def _build_objects_and_cls(
     out_dir, overwrite, only, models, packs, bad_entries, labels, cls_split, obj_split, views, image_size,
-    num_points, image_format, seed, scratch, show_progress,
+    num_points, image_format, seed, scratch, show_progress, test_fraction, command,
 ):  # fmt: skip
     import contextlib
 
@@ -717,9 +727,6 @@ def _build_objects_and_cls(
             if bar is not None:
                 bar.close()
         left_out = sum(lab is None for lab in labels)
-        command = "python scripts/build_dataset.py sweethome3d --out <out>" + (
-            f" --max-models {len(models)}" if len(models) else ""
-        )
         if obj_dir is not None:
             for split, writer in obj_writers.items():
                 writer.close()
@@ -739,9 +746,10 @@ the surface with their rendered colour (depth of the views and 6 axis-aligned on
 grid, farthest-point order); points and cameras share one frame. `category` is the benchmark class (see
 `sweethome3d-cls`) or, for models outside the class map, the catalogue category.
 
-Splits by model (seed {seed}): `validation` holds the `sweethome3d-cls` test models and {round(100 * 0.2)}% of the
-unclassified models; no validation model appears in `train`. Rows skipped (failed to load, no faces, degenerate, too
-few visible points): {len(obj_summary.skipped)}; they are listed in the build's printed summary.
+Splits by model (seed {seed}): `validation` holds the `sweethome3d-cls` test models and
+{round(100 * test_fraction)}% of the unclassified models; no validation model appears in `train`. Rows skipped
+(failed to load, no faces, degenerate, too few visible points): {len(obj_summary.skipped)}; they are listed in the
+build's printed summary.
 
 Built with `{command}` (deterministic for a seed).
 
@@ -764,8 +772,9 @@ row per model with {num_points} surface points (xyz normalised as `sweethome3d-o
 farthest-point order), their colours and an integer `label` indexing `class_names`. The label comes from the
 catalogue name and category by the ordered rules of `unipre3d_hf.data.sweethome3d._RULES` (first match wins);
 {left_out} of the {len(models)} models fit no class and are left out. Train/test split by model, stratified per class
-({round(100 * 0.2)}% test, seed {seed}); the test models are in the `validation` split of `sweethome3d-objects`, never
-in its `train` split. Rows skipped (failed to load or too few points): {len(cls_summary.skipped)}.
+({round(100 * test_fraction)}% test, seed {seed}); the test models are in the `validation` split of
+`sweethome3d-objects`, never in its `train` split. Rows skipped (failed to load or too few points):
+{len(cls_summary.skipped)}.
 
 | label | class | train | test |
 |---|---|---|---|
@@ -792,7 +801,7 @@ Built with `{command}`.
 
 def _build_rooms(
     out_dir, overwrite, models, packs, labels, rooms, frames, width, height, voxel_size, image_format, seed, scratch,
-    show_progress,
+    show_progress, command,
 ):  # fmt: skip
     start = time.perf_counter()
     summary = BuildSummary("sweethome3d-rooms")
@@ -863,7 +872,7 @@ colour, normals from the depth maps). `segment` indexes `class_names` ({", ".joi
 the models of a room (door and windows included), -1 for floor and walls. Every 10th room is the `validation` split.
 Models that failed to load: {len(summary.skipped)}.
 
-Built with `python scripts/build_dataset.py sweethome3d --only rooms --rooms {rooms} --frames {frames}` (seed {seed}).
+Built with `{command}` (deterministic for a seed).
 
 {_credits(used_models, packs)}""",
         )  # fmt: skip
