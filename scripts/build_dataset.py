@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--image-format", default="png", choices=["png", "jpeg"], help="object views and room colour")
     p.add_argument("--points", type=int, default=2048)
+    p.add_argument("--cls-points", type=int, default=None, help="points per cls row (default --points)")
     p.add_argument("--rooms", type=int, default=100)
     p.add_argument("--frames", type=int, default=32)
     p.add_argument("--width", type=int, default=160)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         summaries = build_sweethome3d(
             args.out, args.source, args.overwrite, tuple(s.strip() for s in args.only.split(",") if s.strip()),
             args.max_models, args.views, args.image_size, args.points, args.rooms, args.frames, args.width,
-            args.height, args.voxel_size, args.image_format, seed=args.seed,
+            args.height, args.voxel_size, args.image_format, cls_points=args.cls_points, seed=args.seed,
         )  # fmt: skip
         for summary in summaries.values():
             print(summary.format())

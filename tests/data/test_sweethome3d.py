@@ -100,7 +100,7 @@ def built(tmp_path_factory):
     source = _make_pack(str(root / "packs"))
     summaries = build_sweethome3d(
         str(root / "out"), source, views=4, image_size=64, num_points=256, rooms=2, frames=8, width=64, height=48,
-        seed=0, show_progress=False,
+        cls_points=128, seed=0, show_progress=False,
     )  # fmt: skip
     return root / "out", summaries
 
@@ -145,6 +145,9 @@ def test_objects_and_cls_rows_splits_and_bad_models(built):
     assert cls["train"].features["label"].names == list(CLASSES)
     assert sorted(cls["test"]["id"]) == sorted(r["id"] for r in val)  # cls test models are never trained on
     assert {CLASSES[lab] for lab in cls["test"]["label"]} == {"chair", "table"} and len(cls["train"]) == 2
+    by_id = {r["id"]: r for r in train + val}
+    for row in cls["test"]:  # cls rows hold the FPS prefix of the objects row's points
+        np.testing.assert_array_equal(np.asarray(row["points"], np.float32), by_id[row["id"]]["points"][:128])
     for row in train + val:
         pts = row["points"]
         assert pts.shape == (256, 3) and row["camera_to_world"].shape == (4, 4, 4) and len(row["images"]) == 4

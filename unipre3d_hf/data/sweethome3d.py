@@ -585,6 +585,7 @@ def build_sweethome3d(
     voxel_size: float = 0.02,
     image_format: str = "png",
     test_fraction: float = 0.2,
+    cls_points: int | None = None,
     seed: int = 0,
     show_progress: bool = True,
 ) -> dict[str, BuildSummary]:
@@ -603,6 +604,8 @@ def build_sweethome3d(
             Depth frames are always 16-bit PNG.
         test_fraction: share of each class's models in the cls ``test`` split (these models are in the objects
             set's ``validation`` split, with the same share of the unclassified models).
+        cls_points: points per cls row (default ``num_points``): the first ``cls_points`` of the objects row's
+            farthest-point order, itself a farthest-point subset (for a smaller benchmark copy).
     """
     only = tuple(only)
     unknown = set(only) - {"objects", "cls", "rooms"}
@@ -614,12 +617,15 @@ def build_sweethome3d(
         raise ValueError(
             "need views >= 1, image_size >= 8, num_points >= 1, rooms >= 0, frames >= 2, width/height >= 8"
         )
+    cls_points = num_points if cls_points is None else cls_points
+    if not 1 <= cls_points <= num_points:
+        raise ValueError(f"`cls_points` must be in [1, num_points = {num_points}], got {cls_points}")
     if not 0 < test_fraction < 1 or voxel_size <= 0:
         raise ValueError(f"need 0 < test_fraction < 1 and voxel_size > 0, got {test_fraction}, {voxel_size}")
     command = (
         f"python scripts/build_dataset.py sweethome3d --only {','.join(only)} --views {views} --image-size {image_size}"
         f" --image-format {image_format} --points {num_points} --rooms {rooms} --frames {frames} --width {width}"
-        f" --height {height} --voxel-size {voxel_size} --seed {seed}"
+        f" --height {height} --voxel-size {voxel_size} --cls-points {cls_points} --seed {seed}"
         + (f" --max-models {max_models}" if max_models else "")
     )
     models, packs, bad_entries = list_furniture(source)
@@ -634,6 +640,7 @@ def build_sweethome3d(
                 _build_objects_and_cls(
                     out_dir, overwrite, only, models, packs, bad_entries, labels, cls_split, obj_split, views,
                     image_size, num_points, image_format, seed, scratch, show_progress, test_fraction, command,
+                    cls_points,
                 )
             )  # fmt: skip
         if "rooms" in only and rooms > 0:
@@ -648,7 +655,7 @@ def build_sweethome3d(
 
 def _build_objects_and_cls(
     out_dir, overwrite, only, models, packs, bad_entries, labels, cls_split, obj_split, views, image_size,
-    num_points, image_format, seed, scratch, show_progress, test_fraction, command,
+    num_points, image_format, seed, scratch, show_progress, test_fraction, command, cls_points,
 ):  # fmt: skip
     import contextlib
 
@@ -717,7 +724,8 @@ def _build_objects_and_cls(
                     cls_writers[cls_split[i]].write(
                         {
                             "id": model.id, "name": model.name, "category": model.category, "pack": model.pack,
-                            "creator": model.creator, "label": labels[i], "points": pts, "colors": cols,
+                            "creator": model.creator, "label": labels[i], "points": pts[:cls_points],
+                            "colors": cols[:cls_points],
                         }
                     )  # fmt: skip
                     class_counts[cls_split[i]][labels[i]] += 1
@@ -768,7 +776,7 @@ Built with `{command}` (deterministic for a seed).
                 license="cc-by-3.0", tags=["sweethome3d", "furniture", "classification"],
                 extra_yaml={"class_names": list(CLASSES)},
                 description=f"""A point-cloud classification benchmark made from SweetHome3D's furniture library: one
-row per model with {num_points} surface points (xyz normalised as `sweethome3d-objects`: box centred, diagonal 1;
+row per model with {cls_points} surface points (xyz normalised as `sweethome3d-objects`: box centred, diagonal 1;
 farthest-point order), their colours and an integer `label` indexing `class_names`. The label comes from the
 catalogue name and category by the ordered rules of `unipre3d_hf.data.sweethome3d._RULES` (first match wins);
 {left_out} of the {len(models)} models fit no class and are left out. Train/test split by model, stratified per class
