@@ -4,6 +4,7 @@
     python scripts/build_dataset.py objects-mini                       # -> data/objects-mini (needs pybullet)
     python scripts/build_dataset.py scenes-mini                        # -> data/scenes-mini
     python scripts/build_dataset.py shapenet --root /data/shapenet_multiview --out data/shapenet
+    python scripts/build_dataset.py sweethome3d --out data/sweethome3d          # needs sweethome3d-furniture, trimesh
     python scripts/build_dataset.py scannet --points-root /data/scannet_pointcept --frames-root /data/scannet_2d \\
         --out data/scannet
 
@@ -19,6 +20,7 @@ import os
 import sys
 
 from unipre3d_hf.data import build_objects_mini, build_scenes_mini, convert_scannet, convert_shapenet
+from unipre3d_hf.data.sweethome3d import DEFAULT_SOURCE, build_sweethome3d
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,6 +64,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--segment", default="segment20", choices=["segment20", "segment200"])
     p.add_argument("--max-scenes", type=int, default=None)
 
+    p = sub.add_parser("sweethome3d", help="objects, classification and room sets from SweetHome3D's furniture")
+    p.add_argument("--out", default=os.path.join("data", "sweethome3d"), help="folder for the three sets")
+    p.add_argument("--source", default=DEFAULT_SOURCE, help="folder of .sh3f packs")
+    p.add_argument("--only", default="objects,cls,rooms", help="comma-separated subset of objects,cls,rooms")
+    p.add_argument("--max-models", type=int, default=None, help="first N catalogue entries (sorted by id)")
+    p.add_argument("--views", type=int, default=24)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--image-format", default="png", choices=["png", "jpeg"], help="object views and room colour")
+    p.add_argument("--points", type=int, default=2048)
+    p.add_argument("--cls-points", type=int, default=None, help="points per cls row (default --points)")
+    p.add_argument("--rooms", type=int, default=100)
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--width", type=int, default=160)
+    p.add_argument("--height", type=int, default=120)
+    p.add_argument("--voxel-size", type=float, default=0.02)
+    p.add_argument("--seed", type=int, default=0)
+
     for name, p in sub.choices.items():  # every subcommand: never replace an existing set unless asked
         p.add_argument(
             "--overwrite",
@@ -70,6 +89,16 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     args = parser.parse_args(argv)
+    if args.command == "sweethome3d":
+        summaries = build_sweethome3d(
+            args.out, args.source, args.overwrite, tuple(s.strip() for s in args.only.split(",") if s.strip()),
+            args.max_models, args.views, args.image_size, args.points, args.rooms, args.frames, args.width,
+            args.height, args.voxel_size, args.image_format, cls_points=args.cls_points, seed=args.seed,
+        )  # fmt: skip
+        for summary in summaries.values():
+            print(summary.format())
+        print(f"written to {os.path.abspath(args.out)}")
+        return
     if args.command == "objects-mini":
         summary = build_objects_mini(
             args.out, args.objects, args.poses, args.views, args.image_size, args.points, args.seed,

@@ -1,7 +1,7 @@
-"""Pre-training data: schemas, converters (ShapeNet multi-view, ScanNet), built-in mini sets, view selection,
-transforms and collators.
+"""Pre-training data: schemas, converters (ShapeNet multi-view, ScanNet), built-in mini sets, the SweetHome3D sets,
+view selection, transforms and collators.
 
-Importing this package never imports pybullet (only the mini-set builders need it, and import it when called).
+Importing this package never imports pybullet or trimesh (only the builders need them, and import them when called).
 """
 
 from .collators import CorruptSampleError, ObjectPretrainingCollator, ScenePretrainingCollator, decode_image
@@ -20,6 +20,9 @@ from .schemas import (
     write_dataset_card,
 )
 from .shapenet import convert_shapenet, list_shapenet_objects, read_shapenet_object, shapenet_split
+from .sweethome3d import CLASSES as SWEETHOME3D_CLASSES
+from .sweethome3d import ROOM_CLASSES as SWEETHOME3D_ROOM_CLASSES
+from .sweethome3d import build_sweethome3d, classify_furniture, list_furniture
 from .transforms import (
     SceneAugmentation,
     apply_rigid_transform,
@@ -46,6 +49,11 @@ __all__ = [
     "list_shapenet_objects",
     "read_shapenet_object",
     "shapenet_split",
+    "build_sweethome3d",
+    "list_furniture",
+    "classify_furniture",
+    "SWEETHOME3D_CLASSES",
+    "SWEETHOME3D_ROOM_CLASSES",
     "convert_scannet",
     "read_scannet_scene",
     "ObjectViewSampler",

@@ -199,6 +199,65 @@ def _png(array: np.ndarray) -> dict:
     return {"bytes": buf.getvalue(), "path": None}
 
 
+def _encode(array: np.ndarray, image_format: str = "png") -> dict:
+    """Encode an image for an ``Image()`` column: lossless PNG, or JPEG (quality 90, RGB only) for smaller sets."""
+    if image_format == "png":
+        return _png(array)
+    if image_format != "jpeg":
+        raise ValueError(f"`image_format` must be 'png' or 'jpeg', got {image_format!r}")
+    buf = io.BytesIO()
+    Image.fromarray(array[..., :3]).save(buf, format="JPEG", quality=90)
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def _orbit_eyes(rng: np.random.Generator, views: int, elevation_deg, radius) -> list[np.ndarray]:
+    """``views`` camera centres around the origin: azimuth stratified over the circle, elevation (degrees) and
+    distance uniform in the given ranges (drawn in this order per view)."""
+    eyes = []
+    for v in range(views):
+        azim = 2 * math.pi * (v + rng.random()) / views
+        elev = math.radians(rng.uniform(*elevation_deg))
+        dist = rng.uniform(*radius)
+        eyes.append(dist * np.array([math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim), math.sin(elev)]))
+    return eyes
+
+
+def _object_views_and_points(
+    p, cid, bodies: set, eyes, intr, image_size: int, voxel: float, num_points: int, rng, image_format: str = "png"
+):
+    """Render the bodies (one object, centred at the origin) from each eye looking at the origin; returns the encoded
+    RGBA views (alpha = the object's mask, RGB black outside; RGB on black for JPEG), their camera-to-world
+    ``[V, 4, 4]`` float32, and ``num_points`` surface points ``[n, 3]`` float32 with colours ``[n, 3]`` uint8 in
+    farthest-point order, obtained by unprojecting the depth of the views and of six axis-aligned views at 1.75,
+    reduced on a ``voxel`` grid. Points and colours are None when fewer than 16 surface pixels were seen."""
+    images, c2ws, world_pts, world_rgb = [], [], [], []
+    seg_ids = np.array(sorted(bodies))
+    extra = [1.75 * np.array(d, dtype=np.float64) for d in np.vstack([np.eye(3), -np.eye(3)])]
+    for i, eye in enumerate(list(eyes) + extra):
+        up = (0.0, 1.0, 0.0) if abs(eye[2]) > 0.99 * np.linalg.norm(eye) else (0.0, 0.0, 1.0)
+        c2w = _look_at(eye, np.zeros(3), up)
+        rgb, z, seg = _render(p, cid, c2w, intr, image_size, image_size, 0.1, 10.0)
+        mask = np.isin(seg, seg_ids)
+        cam = unproject_depth(np.where(mask, z, 0.0), intr)[mask]
+        world_pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
+        world_rgb.append(rgb[mask])
+        if i < len(eyes):
+            alpha = np.where(mask, 255, 0).astype(np.uint8)[..., None]
+            rgba = np.concatenate([np.where(mask[..., None], rgb, 0), alpha], axis=-1)
+            images.append(_encode(rgba, image_format))
+            c2ws.append(c2w.astype(np.float32))
+    pts, cols = np.concatenate(world_pts), np.concatenate(world_rgb)
+    if len(pts) < 16:
+        return images, np.stack(c2ws), None, None
+    pts, attrs = voxel_reduce(pts, voxel, rng, colors=cols.astype(np.float64))
+    if len(pts) > 3 * num_points:
+        sub = rng.choice(len(pts), 3 * num_points, replace=False)
+        pts, attrs = pts[sub], {"colors": attrs["colors"][sub]}
+    order = farthest_point_order(pts, num_points)
+    colors = np.clip(np.rint(attrs["colors"][order]), 0, 255).astype(np.uint8)
+    return images, np.stack(c2ws), pts[order].astype(np.float32), colors
+
+
 def _progress(total: int, desc: str):
     from tqdm.auto import tqdm
 
@@ -249,48 +308,24 @@ def build_objects_mini(
                 for pose in range(poses):
                     size = rng.uniform(0.6, 1.0)
                     body, _, _ = _load_normalized(p, cid, data_dir, file, kind, color, _random_quaternion(rng), size)
-                    c2ws, images, world_pts, world_rgb = [], [], [], []
-                    eyes = []
-                    for v in range(views):
-                        azim = 2 * math.pi * (v + rng.random()) / views
-                        elev = math.radians(rng.uniform(-20, 60))
-                        radius = rng.uniform(1.4, 1.9)
-                        direction = [math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim), math.sin(elev)]
-                        eyes.append(radius * np.array(direction))
-                    extra = [1.75 * np.array(d, dtype=np.float64) for d in np.vstack([np.eye(3), -np.eye(3)])]
-                    for i, eye in enumerate(eyes + extra):
-                        up = (0.0, 1.0, 0.0) if abs(eye[2]) > 0.99 * np.linalg.norm(eye) else (0.0, 0.0, 1.0)
-                        c2w = _look_at(eye, np.zeros(3), up)
-                        rgb, z, seg = _render(p, cid, c2w, intr, image_size, image_size, 0.1, 10.0)
-                        mask = seg == body
-                        cam = unproject_depth(np.where(mask, z, 0.0), intr)[mask]
-                        world_pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
-                        world_rgb.append(rgb[mask])
-                        if i < views:
-                            alpha = np.where(mask, 255, 0).astype(np.uint8)[..., None]
-                            images.append(_png(np.concatenate([np.where(mask[..., None], rgb, 0), alpha], axis=-1)))
-                            c2ws.append(c2w.astype(np.float32))
+                    eyes = _orbit_eyes(rng, views, (-20.0, 60.0), (1.4, 1.9))
+                    images, c2ws, pts, cols = _object_views_and_points(
+                        p, cid, {body}, eyes, intr, image_size, size / 200.0, num_points, rng
+                    )
                     p.removeBody(body, physicsClientId=cid)
-                    pts = np.concatenate(world_pts)
-                    cols = np.concatenate(world_rgb)
                     row_id = f"{name}/pose{pose:02d}"
-                    if len(pts) < 16:
+                    if pts is None:
                         summary.skip(row_id, "too few visible surface points")
                         continue
-                    pts, attrs = voxel_reduce(pts, size / 200.0, rng, colors=cols.astype(np.float64))
-                    if len(pts) > 3 * num_points:
-                        sub = rng.choice(len(pts), 3 * num_points, replace=False)
-                        pts, attrs = pts[sub], {"colors": attrs["colors"][sub]}
-                    order = farthest_point_order(pts, num_points)
                     split = "validation" if (poses >= 2 and pose == poses - 1) else "train"
                     writers[split].write(
                         {
                             "id": row_id,
                             "category": name,
-                            "points": pts[order].astype(np.float32),
-                            "colors": np.clip(np.rint(attrs["colors"][order]), 0, 255).astype(np.uint8),
+                            "points": pts,
+                            "colors": cols,
                             "images": images,
-                            "camera_to_world": np.stack(c2ws),
+                            "camera_to_world": c2ws,
                             "intrinsics": np.tile(intr, (views, 1)),
                             "width": image_size,
                             "height": image_size,
@@ -411,6 +446,65 @@ def _build_room(p, cid, data_dir, rng: np.random.Generator) -> tuple[dict[int, t
     return labels, half
 
 
+def _scene_frames(
+    p, cid, labels: dict, half, rng, frames: int, intr, width: int, height: int, voxel_size: float,
+    image_format: str = "png",
+) -> dict:  # fmt: skip
+    """Render ``frames`` RGB-D frames of the room in the pybullet world along one loop of a camera path (an ellipse
+    at 0.55 of the room's half sizes ``half`` (x, y), height 1.2-1.6 m, looking across the room and slightly down)
+    and fuse their depth on a ``voxel_size`` grid; returns a ``SCENE_FEATURES`` row without its ``id``.
+
+    ``labels`` maps each body to (semantic class, instance); pixels of other bodies get -1. Colours, normals (from
+    the depth maps) and labels are averaged / voted per voxel by :func:`voxel_reduce`.
+    """
+    lut_class = {b: c for b, (c, _) in labels.items()}
+    lut_inst = {b: i for b, (_, i) in labels.items()}
+    phase = rng.uniform(0, 2 * math.pi)
+    cam_height = rng.uniform(1.2, 1.6)
+    images, depths, c2ws = [], [], []
+    pts, cols, nrms, segs, insts = [], [], [], [], []
+    for f in range(frames):
+        theta = phase + 2 * math.pi * f / frames
+        eye = np.array([0.55 * half[0] * math.cos(theta), 0.55 * half[1] * math.sin(theta), cam_height])
+        look = theta + math.pi + rng.uniform(-0.35, 0.35)
+        target = np.array([0.9 * half[0] * math.cos(look), 0.9 * half[1] * math.sin(look), rng.uniform(0.2, 0.7)])
+        c2w = _look_at(eye, target)
+        rgb, z, seg = _render(p, cid, c2w, intr, width, height, 0.05, 20.0)
+        valid = np.isfinite(z) & (seg >= 0)
+        depth_mm = np.where(valid, np.rint(np.where(valid, z, 0) * DEPTH_SCALE), 0).astype(np.uint16)
+        images.append(_encode(rgb, image_format))
+        depths.append(_png(depth_mm))
+        c2ws.append(c2w.astype(np.float32))
+        cam = unproject_depth(depth_mm.astype(np.float64) / DEPTH_SCALE, intr)
+        normals, ok = normals_from_camera_points(cam, depth_mm > 0)
+        pts.append(cam[ok] @ c2w[:3, :3].T + c2w[:3, 3])
+        nrms.append(normals[ok] @ c2w[:3, :3].T)
+        cols.append(rgb[ok].astype(np.float64))
+        body = seg[ok] & ((1 << 24) - 1)
+        segs.append(np.array([lut_class.get(int(b), -1) for b in body], dtype=np.int64).reshape(-1))
+        insts.append(np.array([lut_inst.get(int(b), -1) for b in body], dtype=np.int64).reshape(-1))
+    coords, attrs = voxel_reduce(
+        np.concatenate(pts), voxel_size, rng,
+        colors=np.concatenate(cols), normals=np.concatenate(nrms),
+        segment=np.concatenate(segs), instance=np.concatenate(insts),
+    )  # fmt: skip
+    normals = attrs["normals"] / np.maximum(np.linalg.norm(attrs["normals"], axis=1, keepdims=True), 1e-12)
+    return {
+        "coords": coords,
+        "colors": np.clip(np.rint(attrs["colors"]), 0, 255).astype(np.uint8),
+        "normals": normals.astype(np.float32),
+        "segment": attrs["segment"].astype(np.int32),
+        "instance": attrs["instance"].astype(np.int32),
+        "images": images,
+        "depths": depths,
+        "camera_to_world": np.stack(c2ws),
+        "intrinsics": np.tile(intr, (frames, 1)),
+        "frame_ids": np.arange(frames, dtype=np.int32),
+        "width": width,
+        "height": height,
+    }
+
+
 def build_scenes_mini(
     out_dir: str = os.path.join(DEFAULT_MINI_ROOT, "scenes-mini"),
     num_scenes: int = 4,
@@ -452,58 +546,9 @@ def build_scenes_mini(
             for scene in range(num_scenes):
                 p.resetSimulation(physicsClientId=cid)
                 labels, half = _build_room(p, cid, data_dir, rng)
-                lut_class = {b: c for b, (c, _) in labels.items()}
-                lut_inst = {b: i for b, (_, i) in labels.items()}
-                phase = rng.uniform(0, 2 * math.pi)
-                cam_height = rng.uniform(1.2, 1.6)
-                images, depths, c2ws = [], [], []
-                pts, cols, nrms, segs, insts = [], [], [], [], []
-                for f in range(frames):
-                    theta = phase + 2 * math.pi * f / frames
-                    eye = np.array([0.55 * half[0] * math.cos(theta), 0.55 * half[1] * math.sin(theta), cam_height])
-                    look = theta + math.pi + rng.uniform(-0.35, 0.35)
-                    target = np.array(
-                        [0.9 * half[0] * math.cos(look), 0.9 * half[1] * math.sin(look), rng.uniform(0.2, 0.7)]
-                    )
-                    c2w = _look_at(eye, target)
-                    rgb, z, seg = _render(p, cid, c2w, intr, width, height, 0.05, 20.0)
-                    valid = np.isfinite(z) & (seg >= 0)
-                    depth_mm = np.where(valid, np.rint(np.where(valid, z, 0) * DEPTH_SCALE), 0).astype(np.uint16)
-                    images.append(_png(rgb))
-                    depths.append(_png(depth_mm))
-                    c2ws.append(c2w.astype(np.float32))
-                    cam = unproject_depth(depth_mm.astype(np.float64) / DEPTH_SCALE, intr)
-                    normals, ok = normals_from_camera_points(cam, depth_mm > 0)
-                    pts.append(cam[ok] @ c2w[:3, :3].T + c2w[:3, 3])
-                    nrms.append(normals[ok] @ c2w[:3, :3].T)
-                    cols.append(rgb[ok].astype(np.float64))
-                    body = seg[ok] & ((1 << 24) - 1)
-                    segs.append(np.array([lut_class.get(int(b), -1) for b in body], dtype=np.int64).reshape(-1))
-                    insts.append(np.array([lut_inst.get(int(b), -1) for b in body], dtype=np.int64).reshape(-1))
-                coords, attrs = voxel_reduce(
-                    np.concatenate(pts), voxel_size, rng,
-                    colors=np.concatenate(cols), normals=np.concatenate(nrms),
-                    segment=np.concatenate(segs), instance=np.concatenate(insts),
-                )  # fmt: skip
-                normals = attrs["normals"] / np.maximum(np.linalg.norm(attrs["normals"], axis=1, keepdims=True), 1e-12)
                 split = "validation" if (num_scenes >= 2 and scene == num_scenes - 1) else "train"
-                writers[split].write(
-                    {
-                        "id": f"mini_scene{scene:04d}",
-                        "coords": coords,
-                        "colors": np.clip(np.rint(attrs["colors"]), 0, 255).astype(np.uint8),
-                        "normals": normals.astype(np.float32),
-                        "segment": attrs["segment"].astype(np.int32),
-                        "instance": attrs["instance"].astype(np.int32),
-                        "images": images,
-                        "depths": depths,
-                        "camera_to_world": np.stack(c2ws),
-                        "intrinsics": np.tile(intr, (frames, 1)),
-                        "frame_ids": np.arange(frames, dtype=np.int32),
-                        "width": width,
-                        "height": height,
-                    }
-                )
+                row = _scene_frames(p, cid, labels, half, rng, frames, intr, width, height, voxel_size)
+                writers[split].write({"id": f"mini_scene{scene:04d}", **row})
                 if bar is not None:
                     bar.update(1)
         finally:
