@@ -95,7 +95,8 @@ def _cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, ignore_index: int | None = None
 ) -> torch.Tensor:
     """Cross-entropy of ``logits [..., num_labels]`` against ``labels [...]`` (class indices, or ``ignore_index``
-    for items left out), after checking the labels' shape, dtype and range."""
+    for items left out), after checking the labels' shape, dtype and range. When every label is ignored the loss is
+    0 with a zero gradient (``F.cross_entropy`` would give 0 / 0 = NaN), as transformers' losses do."""
     shape, num_labels = tuple(logits.shape[:-1]), logits.shape[-1]
     if labels.shape != shape or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(
@@ -106,10 +107,51 @@ def _cross_entropy(
     if (kept & ((labels < 0) | (labels >= num_labels))).any():
         allowed = f"[0, {num_labels})" + (f" or be {ignore_index} (ignored)" if ignore_index is not None else "")
         raise ValueError(f"`labels` must lie in {allowed}, got {labels.unique().tolist()}")
+    if not kept.any():
+        return logits.float().sum() * 0.0
     return F.cross_entropy(
         logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100 if ignore_index is None else ignore_index,
         label_smoothing=label_smoothing,
     )  # fmt: skip
+
+
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """The loss of ``config.problem_type``, inferred on first use as transformers' ``...ForImageClassification``
+    does (``num_labels == 1``: regression; integer labels: single label; else multi label) and stored in the config.
+
+    - ``single_label_classification``: ``labels [B]`` integer class indices; cross-entropy (with label smoothing).
+    - ``multi_label_classification``: ``labels [B, num_labels]`` 0/1 (float or int); ``BCEWithLogitsLoss``.
+    - ``regression``: ``labels [B]`` (``num_labels == 1``) or ``[B, num_labels]`` floats; ``MSELoss``.
+    """
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif not labels.dtype.is_floating_point and labels.dtype != torch.bool and labels.dim() == 1:
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"`problem_type` must be one of {PROBLEM_TYPES} or None, got {config.problem_type!r}")
+    if config.problem_type == "single_label_classification":
+        return _cross_entropy(logits, labels, label_smoothing)
+    labels = labels.to(logits.device)
+    if config.problem_type == "regression":
+        if config.num_labels == 1 and labels.shape == logits.shape[:1]:
+            labels = labels[:, None]
+        if labels.shape != logits.shape:
+            raise ValueError(f"regression `labels` must have shape {list(logits.shape)}, got {list(labels.shape)}")
+        return F.mse_loss(logits.float(), labels.float())
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"multi-label `labels` must have shape {list(logits.shape)} (one 0/1 per class), got {list(labels.shape)}"
+        )
+    labels = labels.float()
+    if ((labels < 0) | (labels > 1)).any():
+        raise ValueError("multi-label `labels` must lie in [0, 1]")
+    return F.binary_cross_entropy_with_logits(logits.float(), labels)
 
 
 class _TaskModel:
@@ -151,7 +193,9 @@ class _PointCloudClassification(_TaskModel):
         r"""
         Args:
             points: ``[B, N, 3]`` xyz; features: optional ``[B, N, C]`` (as the backbone takes them).
-            labels: optional ``[B]`` class indices in ``[0, num_labels)``; cross-entropy (with ``label_smoothing``).
+            labels: optional; by ``config.problem_type`` (see :func:`classification_loss`): ``[B]`` class indices
+                in ``[0, num_labels)`` (cross-entropy with ``label_smoothing``), ``[B, num_labels]`` 0/1 targets
+                (multi-label, BCE with logits) or float targets (regression, MSE).
         Returns:
             ``PointCloudClassifierOutput(loss, logits [B, num_labels], hidden_states)``.
         """
@@ -160,7 +204,7 @@ class _PointCloudClassification(_TaskModel):
         logits = self.classifier(_global_feature(self.config, out))
         loss = None
         if labels is not None:
-            loss = _cross_entropy(logits, labels, self.head_config["label_smoothing"])
+            loss = classification_loss(self.config, logits, labels, self.head_config["label_smoothing"])
         output = PointCloudClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
         return output if return_dict else output.to_tuple()
 
@@ -261,10 +305,12 @@ class PCMForPointCloudSegmentation(_PointCloudSegmentation, PCMPreTrainedModel):
 
 class SparseUNetForPointCloudSegmentation(_PointCloudSegmentation, SparseUNetPreTrainedModel):
     backbone_class = SparseUNetModel
+    main_input_name = "points"  # forward's first argument (the packed coords; `coords=` is accepted too)
 
 
 class PTv3ForPointCloudSegmentation(_PointCloudSegmentation, PTv3PreTrainedModel):
     backbone_class = PTv3Model
+    main_input_name = "points"  # forward's first argument (the packed coords; `coords=` is accepted too)
 
 
 CLASSIFICATION_MODELS = (
@@ -296,5 +342,7 @@ __all__ = [
     "PointTransformerForPointCloudSegmentation",
     "SEGMENTATION_MODELS",
     "SparseUNetForPointCloudSegmentation",
+    "PROBLEM_TYPES",
+    "classification_loss",
     "head_settings",
 ]
