@@ -335,7 +335,7 @@ def _indices(name: str, value) -> torch.Tensor:
     """A NumPy array, list or tensor of integer class indices as a CPU int64 tensor (arg-max of logits first)."""
     tensor = torch.as_tensor(value)
     if tensor.is_floating_point() or tensor.dtype == torch.bool:
-        raise ValueError(f"`{name}` must hold integer class indices (take the arg-max of logits first), got {tensor.dtype}")
+        raise ValueError(f"`{name}` must hold integer class indices (arg-max of logits), got {tensor.dtype}")
     return tensor.detach().cpu().long()
 
 

@@ -39,6 +39,6 @@ class PartSegmentation(evaluate.Metric):
 
     def _compute(self, predictions, references, categories, category_parts, category_names=None):
         if any(not 0 <= c < len(category_parts) for c in categories):
-            raise ValueError(f"`categories` must lie in [0, {len(category_parts)}) (one entry of `category_parts` each)")
+            raise ValueError(f"`categories` must lie in [0, {len(category_parts)}) (an entry of `category_parts`)")
         ious = [shape_part_iou(p, r, category_parts[c]) for p, r, c in zip(predictions, references, categories)]
         return part_segmentation_scores(ious, categories, category_names)
