@@ -6,6 +6,10 @@
     python scripts/build_dataset.py shapenet --root /data/shapenet_multiview --out data/shapenet
     python scripts/build_dataset.py scannet --points-root /data/scannet_pointcept --frames-root /data/scannet_2d \\
         --out data/scannet
+    python scripts/build_dataset.py modelnet40 --root /data/modelnet40_normal_resampled --out data/modelnet40
+    python scripts/build_dataset.py scanobjectnn --root /data/h5_files --variant PB_T50_RS --out data/scanobjectnn
+    python scripts/build_dataset.py shapenet-part --root /data/shapenetcore_partanno_segmentation_benchmark_v0_normal
+    python scripts/build_dataset.py scannet200 --root /data/pointcept/scannet --out data/scannet200  # s3dis, scannet20
 
 Each subcommand shows a progress bar and prints a summary: rows written per split, frames/views dropped, rows skipped
 and why.
@@ -17,6 +21,13 @@ import argparse
 import os
 
 from unipre3d_hf.data import build_objects_mini, build_scenes_mini, convert_scannet, convert_shapenet
+from unipre3d_hf.data.downstream import (
+    SCANOBJECTNN_VARIANTS,
+    convert_modelnet40,
+    convert_pointcept_scenes,
+    convert_scanobjectnn,
+    convert_shapenet_part,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,7 +71,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--segment", default="segment20", choices=["segment20", "segment200"])
     p.add_argument("--max-scenes", type=int, default=None)
 
+    # downstream sets (fine-tuning); each refuses an existing --out unless --overwrite
+    p = sub.add_parser("modelnet40", help="ModelNet40: modelnet40_normal_resampled (txt) or modelnet40_ply_hdf5_2048")
+    p.add_argument("--root", required=True)
+    p.add_argument("--out", default=os.path.join("data", "modelnet40"))
+    p.add_argument("--layout", choices=["txt", "h5"], default=None, help="default: read from the folder")
+    p.add_argument("--max-points", type=int, default=None, help="keep the first N points of each txt shape")
+    p = sub.add_parser("scanobjectnn", help="ScanObjectNN h5_files (OBJ_BG / OBJ_ONLY / PB_T50_RS)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--variant", choices=sorted(SCANOBJECTNN_VARIANTS), default="PB_T50_RS")
+    p.add_argument("--out", default=None, help="default: data/scanobjectnn-<variant>")
+    p = sub.add_parser("shapenet-part", help="ShapeNetPart (..._benchmark_v0_normal)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--out", default=os.path.join("data", "shapenet-part"))
+    for name in ("s3dis", "scannet20", "scannet200"):
+        p = sub.add_parser(name, help=f"{name} semantic labels in Pointcept's preprocessed layout")
+        p.add_argument("--root", required=True)
+        p.add_argument("--out", default=os.path.join("data", name))
+        p.add_argument("--segment-file", default=None, help="label file stem (default segment / segment20 / 200)")
+        p.add_argument("--validation-area", type=int, default=5, help="S3DIS: the held-out area")
+    for p in sub.choices.values():
+        if p.prog.split()[-1] in ("modelnet40", "scanobjectnn", "shapenet-part", "s3dis", "scannet20", "scannet200"):
+            p.add_argument("--overwrite", action="store_true", help="replace an existing --out (once complete)")
+
     args = parser.parse_args(argv)
+    if args.command == "scanobjectnn" and args.out is None:
+        args.out = os.path.join("data", f"scanobjectnn-{args.variant}")
     if args.command == "objects-mini":
         summary = build_objects_mini(
             args.out, args.objects, args.poses, args.views, args.image_size, args.points, args.seed
@@ -72,6 +108,16 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "shapenet":
         summary = convert_shapenet(
             args.root, args.out, args.seed, args.min_views, args.max_objects, args.default_fov_deg
+        )
+    elif args.command == "modelnet40":
+        summary = convert_modelnet40(args.root, args.out, args.layout, args.max_points, args.overwrite)
+    elif args.command == "scanobjectnn":
+        summary = convert_scanobjectnn(args.root, args.out, args.variant, args.overwrite)
+    elif args.command == "shapenet-part":
+        summary = convert_shapenet_part(args.root, args.out, args.overwrite)
+    elif args.command in ("s3dis", "scannet20", "scannet200"):
+        summary = convert_pointcept_scenes(
+            args.root, args.out, args.command, args.segment_file, args.validation_area, args.overwrite
         )
     else:
         summary = convert_scannet(

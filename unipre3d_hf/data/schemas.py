@@ -277,11 +277,13 @@ def write_dataset_card(
     description: str,
     tags: Iterable[str] = (),
     extra_yaml: dict | None = None,
+    loading: str | None = None,
 ) -> str:
     """Write ``<out_dir>/README.md``: a YAML header (licence, configs/data files, features, split sizes) and a body.
 
     ``description`` is Markdown (provenance, how the set was built, the command). Splits without rows have no shard
-    and are left out of the card (``datasets`` can't load a split without files). Returns the card's path.
+    and are left out of the card (``datasets`` can't load a split without files). ``loading`` (Markdown) replaces the
+    default "Loading" snippet (the pre-training loader). Returns the card's path.
     """
     splits = {s: n for s, n in splits.items() if n > 0}
     if not splits:
@@ -305,11 +307,14 @@ def write_dataset_card(
     }
     if extra_yaml:
         header.update(extra_yaml)
+    if loading is None:
+        loading = (
+            "```python\nfrom unipre3d_hf.data import load_pretraining_dataset\n"
+            f'ds = load_pretraining_dataset("{out_dir}", split="{next(iter(splits))}")            # or streaming=True\n'
+            f'# plain datasets works too: datasets.load_dataset("{out_dir}")\n```'
+        )
     body = (
-        f"# {pretty_name}\n\n{description.strip()}\n\n"
-        "## Loading\n\n```python\nfrom unipre3d_hf.data import load_pretraining_dataset\n"
-        f'ds = load_pretraining_dataset("{out_dir}", split="{next(iter(splits))}")            # or streaming=True\n'
-        f'# plain datasets works too: datasets.load_dataset("{out_dir}")\n```\n\n'
+        f"# {pretty_name}\n\n{description.strip()}\n\n## Loading\n\n{loading.strip()}\n\n"
         f"Card written {datetime.date.today().isoformat()} by `unipre3d_hf`.\n"
     )
     path = os.path.join(out_dir, "README.md")
