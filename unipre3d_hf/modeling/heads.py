@@ -22,7 +22,9 @@ reference section 9):
 
 Head settings are read from the backbone config when present (transformers' configs keep unknown keyword arguments):
 ``classifier_hidden_sizes``, ``classifier_dropout`` (0.5), ``label_smoothing`` (0.0) and ``segmentation_ignore_index``
-(-1, the datasets' "unlabelled"). ``num_labels`` / ``id2label`` / ``label2id`` are transformers' own fields.
+(-1, the datasets' "unlabelled"), ``segmentation_num_categories`` (0; ShapeNetPart: 16, the object category one-hot
+that part segmentation feeds to the head, as Point-MAE's ``label_conv``: ``Conv1d(16, 64) + BN + LeakyReLU(0.2)``,
+concatenated to every point's feature). ``num_labels`` / ``id2label`` / ``label2id`` are transformers' own fields.
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ def head_settings(config) -> dict:
         "classifier_dropout": float(getattr(config, "classifier_dropout", 0.5)),
         "label_smoothing": float(getattr(config, "label_smoothing", 0.0)),
         "segmentation_ignore_index": int(getattr(config, "segmentation_ignore_index", -1)),
+        "segmentation_num_categories": int(getattr(config, "segmentation_num_categories", 0)),
     }
+    if settings["segmentation_num_categories"] < 0:
+        raise ValueError(f"`segmentation_num_categories` must be >= 0, got {settings['segmentation_num_categories']}")
     if not 0.0 <= settings["classifier_dropout"] < 1.0:
         raise ValueError(f"`classifier_dropout` must be in [0, 1), got {settings['classifier_dropout']}")
     if any(int(h) < 1 for h in settings["classifier_hidden_sizes"]):
@@ -214,15 +219,34 @@ class _PointCloudSegmentation(_TaskModel):
 
     def build_head(self, config) -> None:
         self.is_scene = config.fusion_point == "early"  # the scene backbones voxelize packed clouds
+        self.num_categories = 0 if self.is_scene else self.head_config["segmentation_num_categories"]
         self.per_patch = config.model_type in _CLS_TOKEN_MODELS  # one token per patch: interpolate to the points
         if self.is_scene:
             self.segmenter = nn.Linear(config.hidden_size, config.num_labels)  # Pointcept's seg_head
         else:
             width = config.hidden_size + (_global_width(config) if self.per_patch else 0)
+            if self.num_categories:
+                self.category_embed = nn.Sequential(
+                    nn.Linear(self.num_categories, 64, bias=False), nn.BatchNorm1d(64), nn.LeakyReLU(0.2)
+                )
+                width += 64
             self.segmenter = MLPHead(
                 width, self.head_config["classifier_hidden_sizes"][-1:], config.num_labels,
                 self.head_config["classifier_dropout"],
             )  # fmt: skip
+
+    def _category_feature(self, category: torch.Tensor | None, per_point: torch.Tensor) -> torch.Tensor:
+        """``[B, N, 64]``: the embedded one-hot object category, repeated for every point."""
+        b, n = per_point.shape[:2]
+        if category is None:
+            raise ValueError(f"`category` [B] is required: the head was built with {self.num_categories} categories")
+        category = torch.as_tensor(category, device=per_point.device)
+        if category.shape != (b,) or category.is_floating_point() or (category < 0).any():
+            raise ValueError(f"`category` must be [{b}] integer indices, got {category.dtype} {list(category.shape)}")
+        if (category >= self.num_categories).any():
+            raise ValueError(f"`category` must lie in [0, {self.num_categories}), got {category.tolist()}")
+        one_hot = F.one_hot(category.long(), self.num_categories).to(per_point.dtype)
+        return self.category_embed(one_hot)[:, None].expand(b, n, -1)
 
     def forward(
         self,
@@ -231,6 +255,7 @@ class _PointCloudSegmentation(_TaskModel):
         offsets: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         coords: torch.Tensor | None = None,
+        category: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> PointCloudSegmenterOutput | tuple:
@@ -241,6 +266,8 @@ class _PointCloudSegmentation(_TaskModel):
                 counts (``points`` is accepted as a synonym of ``coords``).
             labels: optional per-point class indices, ``[B, N]`` (objects) or ``[P]`` (scenes), with
                 ``segmentation_ignore_index`` (-1) for unlabelled points; cross-entropy over the labelled points.
+            category: ``[B]`` object category indices, required when ``segmentation_num_categories > 0`` (part
+                segmentation).
         Returns:
             ``PointCloudSegmenterOutput(loss, logits, hidden_states)``, logits ``[B, N, num_labels]`` (objects) or
             ``[P, num_labels]`` (scenes, every point the logits of its voxel).
@@ -261,6 +288,8 @@ class _PointCloudSegmentation(_TaskModel):
                 per_point = three_nn_interpolate(points, out.anchor_points, out.last_hidden_state)
                 global_feature = _global_feature(self.config, out)[:, None].expand(-1, points.shape[1], -1)
                 per_point = torch.cat([per_point, global_feature], dim=-1)
+            if self.num_categories:
+                per_point = torch.cat([per_point, self._category_feature(category, per_point)], dim=-1)
             logits = self.segmenter(per_point.flatten(0, 1)).unflatten(0, per_point.shape[:2])  # [B, N, num_labels]
         loss = None
         if labels is not None:
