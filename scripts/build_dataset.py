@@ -12,13 +12,15 @@
     python scripts/build_dataset.py scannet200 --root /data/pointcept/scannet --out data/scannet200  # s3dis, scannet20
 
 Each subcommand shows a progress bar and prints a summary: rows written per split, frames/views dropped, rows skipped
-and why.
+and why. An existing output folder is kept unless ``--overwrite`` is given; the new set is built beside it and
+replaces it only once complete.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from unipre3d_hf.data import build_objects_mini, build_scenes_mini, convert_scannet, convert_shapenet
 from unipre3d_hf.data.downstream import (
@@ -90,25 +92,31 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--out", default=os.path.join("data", name))
         p.add_argument("--segment-file", default=None, help="label file stem (default segment / segment20 / 200)")
         p.add_argument("--validation-area", type=int, default=5, help="S3DIS: the held-out area")
-    for p in sub.choices.values():
-        if p.prog.split()[-1] in ("modelnet40", "scanobjectnn", "shapenet-part", "s3dis", "scannet20", "scannet200"):
-            p.add_argument("--overwrite", action="store_true", help="replace an existing --out (once complete)")
+    for name, p in sub.choices.items():  # every subcommand: never replace an existing set unless asked
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help=f"replace an existing {name} output (only once the new one is complete)",
+        )
 
     args = parser.parse_args(argv)
     if args.command == "scanobjectnn" and args.out is None:
         args.out = os.path.join("data", f"scanobjectnn-{args.variant}")
     if args.command == "objects-mini":
         summary = build_objects_mini(
-            args.out, args.objects, args.poses, args.views, args.image_size, args.points, args.seed
-        )
+            args.out, args.objects, args.poses, args.views, args.image_size, args.points, args.seed,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     elif args.command == "scenes-mini":
         summary = build_scenes_mini(
-            args.out, args.scenes, args.frames, args.width, args.height, args.voxel_size, args.seed
-        )
+            args.out, args.scenes, args.frames, args.width, args.height, args.voxel_size, args.seed,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     elif args.command == "shapenet":
         summary = convert_shapenet(
-            args.root, args.out, args.seed, args.min_views, args.max_objects, args.default_fov_deg
-        )
+            args.root, args.out, args.seed, args.min_views, args.max_objects, args.default_fov_deg,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     elif args.command == "modelnet40":
         summary = convert_modelnet40(args.root, args.out, args.layout, args.max_points, args.overwrite)
     elif args.command == "scanobjectnn":
@@ -122,11 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         summary = convert_scannet(
             args.points_root, args.frames_root, args.out, args.width, args.height, args.frame_skip, args.min_frames,
-            args.segment, args.max_scenes,
+            args.segment, args.max_scenes, overwrite=args.overwrite,
         )  # fmt: skip
     print(summary.format())
     print(f"written to {os.path.abspath(args.out)}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileExistsError as err:  # an existing output without --overwrite: a one-line error, no traceback
+        sys.exit(f"build_dataset.py: error: {err}")

@@ -103,3 +103,63 @@ def test_bad_size_and_planes_raise():
         Cameras(torch.eye(4)[None, None], torch.ones(1, 1, 4), width=8, height=8, near=2.0, far=1.0)
     with pytest.raises(ValueError, match="points"):
         Cameras(torch.eye(4)[None, None], torch.ones(1, 1, 4), width=8, height=8).project(torch.zeros(2, 5, 3))
+
+
+def _orbit_c2w(views=3, dtype=torch.float64):
+    eye = torch.stack([2.0 * torch.cos(torch.arange(views) * 1.0), 2.0 * torch.sin(torch.arange(views) * 1.0)], -1)
+    eye = torch.cat([eye, torch.full((views, 1), 0.4)], -1).to(dtype)
+    return look_at(eye, torch.zeros(views, 3, dtype=dtype))[None]
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (
+            lambda m: m[0, 1, :3, :3].mul_(1.1),
+            r"`camera_to_world`\[0, 1\] is not a rigid transform: its rotation is not orthonormal",
+        ),
+        (lambda m: m[0, 2, :3, 0].neg_(), r"`camera_to_world`\[0, 2\] .*determinant -1"),
+        (
+            lambda m: m[0, 0, 3].copy_(torch.tensor([0.0, 0.0, 0.5, 1.0])),
+            r"\[0, 0\] .*last row must be \[0, 0, 0, 1\], got \[0.0, 0.0, 0.5, 1.0\]",
+        ),
+        (lambda m: m[0, 1, :3, :3].zero_(), r"\[0, 1\] .*not orthonormal"),  # singular
+        (lambda m: m[0, 1, 0, 3].fill_(float("inf")), "NaN or Inf"),
+    ],
+)
+def test_non_rigid_camera_to_world_is_refused_naming_field_view_and_value(corrupt, message):
+    c2w = _orbit_c2w()
+    corrupt(c2w)
+    intr = torch.tensor([50.0, 50.0, 16.0, 12.0], dtype=torch.float64).expand(1, 3, 4)
+    with pytest.raises(ValueError, match=message):
+        Cameras.from_camera_to_world(c2w, intr, 32, 24)
+    with pytest.raises(ValueError, match="camera_to_world"):
+        Cameras.from_fov(c2w, 1.0, 32, 24)
+
+
+def test_world_to_camera_and_3dgs_matrices_are_checked_too():
+    w2c = torch.linalg.inv(_orbit_c2w())
+    intr = torch.tensor([50.0, 50.0, 16.0, 12.0], dtype=torch.float64).expand(1, 3, 4)
+    Cameras(w2c, intr, 32, 24)  # rigid: accepted
+    sheared = w2c.clone()
+    sheared[0, 2, 0, 1] += 0.01
+    with pytest.raises(ValueError, match=r"`world_to_camera`\[0, 2\] is not a rigid transform.*orthonormal"):
+        Cameras(sheared, intr, 32, 24)
+    with pytest.raises(ValueError, match=r"`world_view_transform \(transposed\)`\[0, 2\]"):
+        Cameras.from_3dgs(sheared.transpose(-1, -2), 0.5, 0.5, 32, 24)
+    # a deviation inside the tolerance (float32 rounding of a composed pose) is accepted
+    close = w2c.clone()
+    close[0, 0, :3, :3] *= 1 + 2e-5
+    Cameras(close, intr, 32, 24)
+
+
+def test_rigidity_tolerance_follows_low_precision_dtypes():
+    cams = orbit_cameras(1, 4, radius=1.75, width=16, height=16, fov_x_deg=50)
+    for dtype in (torch.float16, torch.bfloat16):  # bf16 rounds rotation entries by up to 4e-3: still rigid
+        assert cams.to(dtype=dtype).dtype == dtype
+
+
+def test_zero_focal_length_names_the_view_and_values():
+    intr = torch.tensor([[[50.0, 50.0, 16.0, 12.0], [0.0, 50.0, 16.0, 12.0]]])
+    with pytest.raises(ValueError, match=r"`intrinsics` focal lengths .* \[0.0, 50.0, 16.0, 12.0\] at \[0, 1\]"):
+        Cameras(torch.eye(4).expand(1, 2, 4, 4), intr, 32, 24)

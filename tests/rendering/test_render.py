@@ -291,3 +291,34 @@ def test_cameras_follow_the_gaussians_dtype():
     assert out.colors.dtype == torch.float64
     g32 = Gaussians(*(getattr(g64, k).float() for k in ("means", "quats", "scales", "opacities", "sh")))
     torch.testing.assert_close(out.colors.float(), render(g32, cams32).colors, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "background, message",
+    [
+        (torch.tensor([0.0, float("nan"), 0.0]), r"`background` must be finite and in \[0, 1\].*NaN"),
+        (
+            torch.tensor([[255.0, 255.0, 255.0]]),
+            r"`background` must be finite and in \[0, 1\], got values in \[255.0, 255.0\]",
+        ),
+        (torch.tensor([[0.0, 0.0, float("inf")]]), "`background` must be finite"),
+        ((0.0, -0.5, 1.0), r"`background` must be 3 finite numbers in \[0, 1\], got \[0.0, -0.5, 1.0\]"),
+        (float("nan"), "`background` must be 3 finite numbers"),
+        (torch.ones(3, dtype=torch.int64), "floating-point"),
+    ],
+)
+def test_bad_background_values_raise_naming_background(background, message):
+    g = Gaussians(**_valid_parts())
+    cams = Cameras(torch.eye(4)[None, None], torch.tensor([[[50.0, 50.0, 8.0, 8.0]]]), 16, 16)
+    with pytest.raises(ValueError, match=message):
+        render(g, cams, background=background, backend="torch")
+
+
+def test_valid_background_tensor_renders_finite_and_unchecked_tensors_skip_the_sync():
+    g = Gaussians(**_valid_parts())
+    cams = Cameras(torch.eye(4)[None, None], torch.tensor([[[50.0, 50.0, 8.0, 8.0]]]), 16, 16)
+    out = render(g, cams, background=torch.tensor([[0.2, 0.4, 1.0]]), backend="torch")
+    assert torch.isfinite(out.colors).all()
+    # check_inputs=False leaves tensor values to the caller (the pre-training model checks its own inputs)
+    out = render(g, cams, background=torch.tensor([2.0, 2.0, 2.0]), backend="torch", check_inputs=False)
+    assert out.colors.shape == (1, 1, 16, 16, 3)

@@ -1,5 +1,5 @@
-"""scripts/pretrain.py end to end on tiny data: a run, exact resume, a corrupt sample, the scene level, and two
-processes (gloo) ending with identical weights."""
+"""scripts/pretrain.py (the shared loop of unipre3d_hf.training.loop with the pre-training task) end to end on tiny
+data: a run, exact resume, a corrupt sample, the scene level, and two processes (gloo) ending with identical weights."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 pytest.importorskip("pybullet")
 
 from unipre3d_hf.data import build_objects_mini, build_scenes_mini, load_pretraining_dataset  # noqa: E402
+from unipre3d_hf.training.pretrain import parse_pretrain_arguments, per_view_render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
@@ -74,15 +75,21 @@ def test_run_writes_everything_and_resume_is_exact(objects, tmp_path):
     a = load_file(tmp_path / "full/checkpoint-4/model.safetensors")
     b = load_file(tmp_path / "part/checkpoint-4/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ema_a = torch.load(tmp_path / "full/checkpoint-4/custom_checkpoint_0.pkl", weights_only=False)
-    ema_b = torch.load(tmp_path / "part/checkpoint-4/custom_checkpoint_0.pkl", weights_only=False)
-    assert ema_a["step"] == ema_b["step"] == 4
-    assert all(torch.equal(ema_a["model"][k], ema_b["model"][k]) for k in ema_a["model"])
+    ema_a = load_file(tmp_path / "full/checkpoint-4/ema.safetensors")
+    ema_b = load_file(tmp_path / "part/checkpoint-4/ema.safetensors")
+    state_a, state_b = (
+        json.loads((tmp_path / f"{r}/checkpoint-4/trainer_state.json").read_text()) for r in ("full", "part")
+    )
+    assert state_a["ema"]["step"] == state_b["ema"]["step"] == 4 and state_a["step"] == state_b["step"] == 4
+    assert ema_a.keys() == ema_b.keys() and all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    opt_a = torch.load(tmp_path / "full/checkpoint-4/optimizer.pt", weights_only=True)
+    opt_b = torch.load(tmp_path / "part/checkpoint-4/optimizer.pt", weights_only=True)
+    assert all(torch.equal(opt_a["state"][i]["exp_avg_sq"], opt_b["state"][i]["exp_avg_sq"]) for i in opt_a["state"])
     # the exported backbone is the EMA backbone and loads with AutoModel
     from transformers import AutoModel
 
     backbone = AutoModel.from_pretrained(tmp_path / "full" / "backbone")
-    ema_backbone = {k[len("backbone.") :]: v for k, v in ema_a["model"].items() if k.startswith("backbone.")}
+    ema_backbone = {k[len("backbone.") :]: v for k, v in ema_a.items() if k.startswith("backbone.")}
     assert all(torch.equal(v, ema_backbone[k]) for k, v in backbone.state_dict().items())
 
 
@@ -237,7 +244,7 @@ def test_two_processes_on_scenes_of_uneven_sizes(tmp_path):
 def test_presets_parse_into_valid_configs(preset):
     from unipre3d_hf import UniPre3DConfig
 
-    args = pretrain.parse_args(["--config", str(ROOT / "configs" / "pretrain" / f"{preset}.yaml")])
+    args = parse_pretrain_arguments(["--config", str(ROOT / "configs" / "pretrain" / f"{preset}.yaml")])
     config = UniPre3DConfig.from_preset(args.preset, backbone_kwargs=args.backbone, **args.model)
     assert config.level == ("object" if args.preset.endswith("shapenet") else "scene")
     assert args.batch_size >= 1 and args.max_steps >= 1
@@ -259,7 +266,7 @@ def test_per_view_render_loop_matches_batched_rendering():
     cameras = Cameras.from_camera_to_world(batch["target_c2w"], batch["target_intrinsics"], 12, 12)
     background = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
     batched = render(gaussians, cameras, background, backend="torch")
-    looped = pretrain.per_view_render(gaussians, cameras, background, backend="torch")
+    looped = per_view_render(gaussians, cameras, background, backend="torch")
     assert looped.colors.shape == batched.colors.shape == (2, 3, 12, 12, 3)
     assert torch.allclose(looped.colors, batched.colors, atol=1e-5)
     assert torch.allclose(looped.alphas, batched.alphas, atol=1e-5)

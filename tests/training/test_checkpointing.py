@@ -1,25 +1,34 @@
+import hashlib
 import json
 import os
+import pickle
+import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
 from safetensors.torch import load_file
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from unipre3d_hf.training import (
     EMA,
+    CheckpointError,
+    apply_checkpoint,
     build_optimizer,
     build_scheduler,
     checkpoint_info,
     latest_checkpoint,
     list_checkpoints,
     read_best,
+    read_checkpoint,
     resolve_resume,
+    resume_candidates,
     save_best,
     save_checkpoint,
+    verify_checkpoint,
 )
 
 
@@ -40,47 +49,67 @@ def _setup():
     sched = build_scheduler(opt, step_size=2, gamma=0.5)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     ema = EMA(accelerator.unwrap_model(model), update_every=1, update_after_step=0)
-    accelerator.register_for_checkpointing(ema)
     return accelerator, model, opt, sched, ema
+
+
+def _save(accelerator, model, opt, sched, ema, root, step, **kwargs):
+    return save_checkpoint(accelerator, root, step, model=model, optimizer=opt, scheduler=sched, ema=ema, **kwargs)
+
+
+def _load(accelerator, model, opt, sched, ema, path):
+    loaded = read_checkpoint(path)
+    return apply_checkpoint(loaded, accelerator, model=model, optimizer=opt, scheduler=sched, ema=ema)
 
 
 def test_save_then_load_state_restores_everything(tmp_path):
     accelerator, model, opt, sched, ema = _setup()
     for _ in range(3):
         _train_step(accelerator, model, opt, sched, ema)
-    path = save_checkpoint(accelerator, tmp_path, step=3)
+    path = _save(accelerator, model, opt, sched, ema, tmp_path, 3, trainer_state={"skipped_steps": 1}, run_id="a")
     assert path == str(tmp_path / "checkpoint-3") and checkpoint_info(path)["step"] == 3
     assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+    names = sorted(os.listdir(path))
+    assert names == ["COMPLETE", "ema.safetensors", "model.safetensors", "optimizer.pt", "rng-0.json",
+                     "scheduler.json", "trainer_state.json"]  # fmt: skip
+    info = checkpoint_info(path)
+    assert info["run_id"] == "a" and set(info["files"]) == set(names) - {"COMPLETE"}
+    assert info["files"]["model.safetensors"]["size"] == (tmp_path / "checkpoint-3/model.safetensors").stat().st_size
     saved_weight = model.weight.detach().clone()
     saved_exp_avg = opt.state_dict()["state"][0]["exp_avg"].clone()
     saved_lr, saved_ema = opt.param_groups[0]["lr"], ema.model.weight.detach().clone()
     assert saved_lr == pytest.approx(1e-2 * 0.5)
+    draws = (torch.rand(3), np.random.rand(3), random.random())  # the generators as saved
     for _ in range(3):
         _train_step(accelerator, model, opt, sched, ema)
     assert not torch.equal(model.weight, saved_weight) and ema.step == 6
 
-    accelerator.load_state(resolve_resume(tmp_path, "latest"))
+    state = _load(accelerator, model, opt, sched, ema, resolve_resume(tmp_path, "latest"))
+    assert state["step"] == 3 and state["skipped_steps"] == 1 and state["ema"]["step"] == 3
     assert torch.equal(model.weight, saved_weight)
     assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], saved_exp_avg)
     assert opt.param_groups[0]["lr"] == pytest.approx(saved_lr) and sched.scheduler.last_epoch == 3
     assert ema.step == 3 and torch.equal(ema.model.weight, saved_ema)
+    assert torch.equal(torch.rand(3), draws[0]) and np.array_equal(np.random.rand(3), draws[1])
+    assert random.random() == draws[2]
 
 
-def test_keep_last_prunes_by_numeric_step(tmp_path):
-    accelerator, *_ = _setup()
+def test_keep_last_prunes_by_numeric_step_and_only_this_run(tmp_path):
+    accelerator, *objects = _setup()
+    _save(accelerator, *objects, tmp_path, 0, run_id="other")  # another run's checkpoint is never deleted
     for step in (1, 2, 3, 10):
-        save_checkpoint(accelerator, tmp_path, step=step, keep_last=2)
-    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 10]  # lexicographic order would keep 2 and 3
+        _save(accelerator, *objects, tmp_path, step, keep_last=2, run_id="mine")
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [0, 3, 10]  # lexicographic order would keep 2 and 3
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint-10", "checkpoint-3"]
-    save_checkpoint(accelerator, tmp_path, step=10, keep_last=2)  # saving the same step again replaces it
-    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 10]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-0", "checkpoint-10", "checkpoint-3"]
+    _save(accelerator, *objects, tmp_path, 10, keep_last=2, run_id="mine")  # saving the same step again replaces it
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [0, 3, 10]
+    assert resume_candidates(tmp_path, "latest") == [str(tmp_path / f"checkpoint-{s}") for s in (10, 3, 0)]
 
 
 def test_interrupted_writes_are_ignored_and_cleaned(tmp_path):
-    accelerator, *_ = _setup()
-    save_checkpoint(accelerator, tmp_path, step=8)
-    (tmp_path / ".tmp-checkpoint-9").mkdir()  # died while accelerate was writing
+    accelerator, *objects = _setup()
+    _save(accelerator, *objects, tmp_path, 8)
+    (tmp_path / ".tmp-checkpoint-9").mkdir()  # died while writing
     (tmp_path / ".tmp-checkpoint-9" / "model.safetensors").write_bytes(b"truncated")
     (tmp_path / "checkpoint-10").mkdir()  # a folder without the COMPLETE marker
     (tmp_path / "checkpoint-not-a-step").mkdir()
@@ -92,20 +121,91 @@ def test_interrupted_writes_are_ignored_and_cleaned(tmp_path):
         resolve_resume(tmp_path, tmp_path / "checkpoint-10")
     with pytest.raises(FileNotFoundError, match="`resume`: no checkpoint folder"):
         resolve_resume(tmp_path, tmp_path / "checkpoint-99")
-    save_checkpoint(accelerator, tmp_path, step=11)
+    _save(accelerator, *objects, tmp_path, 11)
     assert not (tmp_path / ".tmp-checkpoint-9").exists()
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-11")
 
 
 def test_save_checkpoint_argument_checks(tmp_path):
-    accelerator, *_ = _setup()
+    accelerator, *objects = _setup()
     with pytest.raises(ValueError, match="`keep_last` must be >= 1"):
-        save_checkpoint(accelerator, tmp_path, step=1, keep_last=0)
+        _save(accelerator, *objects, tmp_path, 1, keep_last=0)
     with pytest.raises(ValueError, match="`step` must be a non-negative int"):
-        save_checkpoint(accelerator, tmp_path, step=-1)
-    auto = Accelerator(cpu=True, project_config=ProjectConfiguration(tmp_path, automatic_checkpoint_naming=True))
-    with pytest.raises(ValueError, match="automatic_checkpoint_naming"):
-        save_checkpoint(auto, tmp_path, step=1)
+        _save(accelerator, *objects, tmp_path, -1)
+
+
+class _RunsCode:
+    """Unpickling this creates the file at ``path``: the proof that a pickle ran code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _relist(folder, name):
+    """Rewrites the COMPLETE marker so that it vouches for ``name`` as it is now (what an attacker would do)."""
+    info = json.loads((folder / "COMPLETE").read_text())
+    data = (folder / name).read_bytes()
+    info["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "COMPLETE").write_text(json.dumps(info))
+
+
+def test_a_pickle_in_a_checkpoint_is_never_unpickled(tmp_path):
+    accelerator, *objects = _setup()
+    folder = Path(_save(accelerator, *objects, tmp_path, 1))
+    marker = tmp_path / "code-ran"
+    # an extra pickle, even one the marker vouches for (Accelerate's old custom_checkpoint_0.pkl), is refused unread
+    (folder / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(CheckpointError, match="custom_checkpoint_0.pkl: unexpected file"):
+        read_checkpoint(folder)
+    _relist(folder, "custom_checkpoint_0.pkl")
+    with pytest.raises(CheckpointError, match="custom_checkpoint_0.pkl: unexpected file"):
+        read_checkpoint(folder)
+    (folder / "custom_checkpoint_0.pkl").unlink()
+    with pytest.raises(CheckpointError, match="lists an unexpected file .custom_checkpoint_0.pkl."):
+        read_checkpoint(folder)
+    info = json.loads((folder / "COMPLETE").read_text())
+    del info["files"]["custom_checkpoint_0.pkl"]
+    (folder / "COMPLETE").write_text(json.dumps(info))
+    # the optimizer file replaced by a code-running pickle (and vouched for): torch.load(weights_only=True) refuses it
+    torch.save({"state": {}, "param_groups": [_RunsCode(marker)]}, folder / "optimizer.pt")
+    with pytest.raises(CheckpointError, match="optimizer.pt: .* bytes, but .* were written"):
+        read_checkpoint(folder)
+    _relist(folder, "optimizer.pt")
+    with pytest.raises(CheckpointError, match="optimizer.pt: not loadable with weights_only=True"):
+        read_checkpoint(folder)
+    assert not marker.exists()
+    # an Accelerate-era checkpoint (a marker without the file list) is refused as a whole
+    (folder / "COMPLETE").write_text(json.dumps({"step": 1, "time": 0.0}))
+    with pytest.raises(CheckpointError, match="older version of the package"):
+        verify_checkpoint(folder)
+
+
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [
+        ("rng-0.json", lambda b: b[: len(b) // 2], "rng-0.json: .* bytes, but .* were written"),
+        ("optimizer.pt", lambda b: b[:100] + bytes(len(b) - 100), "optimizer.pt: its SHA-256 differs"),
+        ("model.safetensors", lambda b: bytes(len(b)), "model.safetensors: its SHA-256 differs"),
+        ("ema.safetensors", lambda b: b"", "ema.safetensors: 0 bytes"),
+        ("scheduler.json", None, "scheduler.json: missing"),
+    ],
+)
+def test_a_damaged_file_is_named(tmp_path, name, damage, message):
+    accelerator, *objects = _setup()
+    folder = Path(_save(accelerator, *objects, tmp_path, 1))
+    if damage is None:
+        (folder / name).unlink()
+    else:
+        (folder / name).write_bytes(damage((folder / name).read_bytes()))
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(folder)
+    if damage is not None:  # even when the marker vouches for the damaged file, reading it fails with its name
+        _relist(folder, name)
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+            _load(accelerator, *objects, folder)
 
 
 def test_save_best_keeps_only_improvements(tmp_path):

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -61,3 +63,43 @@ def test_all_grads_finite_flag():
     model["backbone"].bias.grad[1] = float("inf")
     assert all_grads_finite(model.parameters()).item() == 0.0
     assert torch.minimum(all_grads_finite(model), torch.tensor(1.0)).item() == 0.0  # what reduce(..., "min") does
+
+
+def _lrs(sched, opt, steps):
+    out = []
+    for _ in range(steps):
+        out.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_cosine_and_constant_with_warmup_hand_computed():
+    model = _model()
+    params = list(model.parameters())
+    opt = build_optimizer({"a": params[:1], "b": params[1:]}, lr=1.0)
+    opt.param_groups[1]["lr"] = 0.5  # a group of its own lr: the floor is absolute, the same for both
+    sched = build_scheduler(opt, schedule="cosine", warmup_steps=2, total_steps=6, min_lr=0.1)
+    lrs = _lrs(sched, opt, 7)
+    # warm-up 1/2, 2/2; then 0.1 + (lr - 0.1) * (1 + cos(pi * j / 4)) / 2 for j = 0..3; past the end the floor
+    cos = [(1 + math.cos(math.pi * j / 4)) / 2 for j in range(4)]
+    expected_a = [0.5, 1.0, *[0.1 + 0.9 * c for c in cos], 0.1]
+    expected_b = [0.25, 0.5, *[0.1 + 0.4 * c for c in cos], 0.1]
+    assert [lr[0] for lr in lrs] == pytest.approx(expected_a, abs=1e-12)
+    assert [lr[1] for lr in lrs] == pytest.approx(expected_b, abs=1e-12)
+
+    opt = build_optimizer({"all": model.parameters()}, lr=2.0)
+    sched = build_scheduler(opt, schedule="constant", warmup_steps=4)
+    assert [lr[0] for lr in _lrs(sched, opt, 6)] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+    opt = build_optimizer({"all": model.parameters()}, lr=2.0)
+    assert [lr[0] for lr in _lrs(build_scheduler(opt, schedule="constant"), opt, 3)] == [2.0, 2.0, 2.0]
+
+
+def test_scheduler_errors_name_the_argument():
+    opt = build_optimizer({"all": _model().parameters()}, lr=1.0)
+    with pytest.raises(ValueError, match="`schedule` must be one of"):
+        build_scheduler(opt, schedule="linear")
+    with pytest.raises(ValueError, match="`total_steps` must be > warmup_steps"):
+        build_scheduler(opt, schedule="cosine", warmup_steps=10, total_steps=10)
+    with pytest.raises(ValueError, match="'step' has no warm-up"):
+        build_scheduler(opt, schedule="step", warmup_steps=3)

@@ -5,23 +5,25 @@ select views (:mod:`.sampling`), decode only the selected images, centre the poi
 sample points and stack. The output is a ``dict`` of tensors only, so Accelerate moves it to the device; the model
 builds cameras with ``Cameras.from_camera_to_world(batch["target_c2w"], batch["target_intrinsics"], W, H)``.
 
-A row that can't be used (bad shapes, non-finite values, an image that does not decode, too few views) raises
+A row that can't be used (bad shapes, non-finite values, a camera matrix that is not rigid or a focal length that is
+not positive, an image that does not decode or declares more than ``MAX_IMAGE_PIXELS`` pixels, a depth image that is
+not 16-bit, too few views) raises
 :class:`CorruptSampleError` naming the row's id; with ``skip_corrupt=True`` the row is dropped from the batch instead,
 a warning is logged and ``collator.skipped`` records ``(id, reason)``.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..rendering.cameras import check_rigid_transforms
 from .rows import SAMPLE_SEED_KEY
 from .sampling import ObjectViewSampler, SceneViewSampler
-from .schemas import DEPTH_SCALE
+from .schemas import DEPTH_SCALE, check_depth_image, open_image
 from .transforms import (
     SceneAugmentation,
     apply_rigid_transform,
@@ -47,20 +49,18 @@ class CorruptSampleError(ValueError):
 
 
 def decode_image(entry) -> Image.Image:
-    """A PIL image from a dataset image entry: ``{"bytes", "path"}`` dict (undecoded), PIL image or array."""
+    """A PIL image from a dataset image entry: ``{"bytes", "path"}`` dict (undecoded), PIL image or array. Encoded
+    images are decoded with :func:`~unipre3d_hf.data.schemas.open_image` (at most ``MAX_IMAGE_PIXELS`` pixels)."""
     if isinstance(entry, Image.Image):
         return entry
     if isinstance(entry, np.ndarray) and entry.dtype != object:
         return Image.fromarray(entry)
     if isinstance(entry, dict):
         if entry.get("bytes") is not None:
-            img = Image.open(io.BytesIO(entry["bytes"]))
-        elif entry.get("path"):
-            img = Image.open(entry["path"])
-        else:
-            raise ValueError("image entry has neither bytes nor path")
-        img.load()
-        return img
+            return open_image(entry["bytes"])
+        if entry.get("path"):
+            return open_image(entry["path"])
+        raise ValueError("image entry has neither bytes nor path")
     raise ValueError(f"unsupported image entry of type {type(entry).__name__}")
 
 
@@ -110,8 +110,10 @@ def _rgb(entry, size: tuple[int, int] | None, background: np.ndarray) -> tuple[n
 
 
 def _depth(entry, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode a 16-bit millimetre depth PNG to float metres ``[H, W]`` (nearest resize, as the paper)."""
+    """Decode a 16-bit millimetre depth PNG to float metres ``[H, W]`` (nearest resize, as the paper); an 8-bit or
+    RGB depth image raises ``ValueError``."""
     img = decode_image(entry)
+    check_depth_image(img)
     if size is not None and (img.height, img.width) != size:
         img = img.resize((size[1], size[0]), Image.NEAREST)
     return np.asarray(img, dtype=np.float32) / DEPTH_SCALE
@@ -168,8 +170,15 @@ class _BaseCollator:
             raise CorruptSampleError(
                 sid, f"views disagree: {len(images)} images, {len(c2w)} camera_to_world, {len(intr)} intrinsics"
             )
-        if not (intr[:, :2] > 0).all():
-            raise CorruptSampleError(sid, "`intrinsics` focal lengths must be positive")
+        bad = np.flatnonzero(~(intr[:, :2] > 0).all(1))
+        if len(bad):
+            raise CorruptSampleError(
+                sid, f"`intrinsics` focal lengths must be positive, view {bad[0]} has (fx, fy, cx, cy) = {intr[bad[0]]}"
+            )
+        try:
+            check_rigid_transforms("camera_to_world", c2w)
+        except ValueError as err:
+            raise CorruptSampleError(sid, str(err)) from err
         out = {}
         for name, idx in (("reference", ref), ("target", sup)):
             imgs, intrs, depths = [], [], []

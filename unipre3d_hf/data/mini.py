@@ -36,6 +36,7 @@ from .schemas import (
     SCENE_FEATURES,
     BuildSummary,
     ShardedParquetWriter,
+    dataset_output,
     folder_size,
     write_dataset_card,
 )
@@ -214,8 +215,12 @@ def build_objects_mini(
     num_points: int = 2048,
     seed: int = 0,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> BuildSummary:
     """Render the object mini set (see the module docstring) into ``out_dir`` and return its summary.
+
+    The set is built in a sibling folder and replaces ``out_dir`` only once complete (:func:`dataset_output`); an
+    existing non-empty ``out_dir`` is refused unless ``overwrite``.
 
     Args:
         num_objects: how many meshes of :data:`OBJECT_MESHES` to use (default all 12).
@@ -229,88 +234,90 @@ def build_objects_mini(
     meshes = OBJECT_MESHES[: num_objects or len(OBJECT_MESHES)]
     if poses < 1 or views < 1 or image_size < 8 or num_points < 1 or not meshes:
         raise ValueError("need poses >= 1, views >= 1, image_size >= 8, num_points >= 1 and at least one mesh")
-    p, cid, data_dir = _connect()
-    rng = np.random.default_rng(seed)
-    focal = 0.5 * image_size / math.tan(0.5 * math.radians(SHAPENET_FOV_DEG))
-    intr = np.array([focal, focal, image_size / 2, image_size / 2], dtype=np.float32)
-    writers = {"train": ShardedParquetWriter(out_dir, "train", OBJECT_FEATURES, rows_per_shard=128)}
-    if poses >= 2:
-        writers["validation"] = ShardedParquetWriter(out_dir, "validation", OBJECT_FEATURES, rows_per_shard=128)
-    summary = BuildSummary("objects-mini")
-    bar = _progress(len(meshes) * poses, "objects-mini") if show_progress else None
-    try:
-        for name, file, kind, color in meshes:
-            for pose in range(poses):
-                size = rng.uniform(0.6, 1.0)
-                body, _, _ = _load_normalized(p, cid, data_dir, file, kind, color, _random_quaternion(rng), size)
-                c2ws, images, world_pts, world_rgb = [], [], [], []
-                eyes = []
-                for v in range(views):
-                    azim = 2 * math.pi * (v + rng.random()) / views
-                    elev = math.radians(rng.uniform(-20, 60))
-                    radius = rng.uniform(1.4, 1.9)
-                    direction = [math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim), math.sin(elev)]
-                    eyes.append(radius * np.array(direction))
-                extra = [1.75 * np.array(d, dtype=np.float64) for d in np.vstack([np.eye(3), -np.eye(3)])]
-                for i, eye in enumerate(eyes + extra):
-                    up = (0.0, 1.0, 0.0) if abs(eye[2]) > 0.99 * np.linalg.norm(eye) else (0.0, 0.0, 1.0)
-                    c2w = _look_at(eye, np.zeros(3), up)
-                    rgb, z, seg = _render(p, cid, c2w, intr, image_size, image_size, 0.1, 10.0)
-                    mask = seg == body
-                    cam = unproject_depth(np.where(mask, z, 0.0), intr)[mask]
-                    world_pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
-                    world_rgb.append(rgb[mask])
-                    if i < views:
-                        alpha = np.where(mask, 255, 0).astype(np.uint8)[..., None]
-                        images.append(_png(np.concatenate([np.where(mask[..., None], rgb, 0), alpha], axis=-1)))
-                        c2ws.append(c2w.astype(np.float32))
-                p.removeBody(body, physicsClientId=cid)
-                pts = np.concatenate(world_pts)
-                cols = np.concatenate(world_rgb)
-                row_id = f"{name}/pose{pose:02d}"
-                if len(pts) < 16:
-                    summary.skip(row_id, "too few visible surface points")
-                    continue
-                pts, attrs = voxel_reduce(pts, size / 200.0, rng, colors=cols.astype(np.float64))
-                if len(pts) > 3 * num_points:
-                    sub = rng.choice(len(pts), 3 * num_points, replace=False)
-                    pts, attrs = pts[sub], {"colors": attrs["colors"][sub]}
-                order = farthest_point_order(pts, num_points)
-                split = "validation" if (poses >= 2 and pose == poses - 1) else "train"
-                writers[split].write(
-                    {
-                        "id": row_id,
-                        "category": name,
-                        "points": pts[order].astype(np.float32),
-                        "colors": np.clip(np.rint(attrs["colors"][order]), 0, 255).astype(np.uint8),
-                        "images": images,
-                        "camera_to_world": np.stack(c2ws),
-                        "intrinsics": np.tile(intr, (views, 1)),
-                        "width": image_size,
-                        "height": image_size,
-                    }
-                )
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        p.disconnect(physicsClientId=cid)
-        if bar is not None:
-            bar.close()
-    for split, writer in writers.items():
-        writer.close()
-        summary.rows_written[split] = writer.num_rows
-    names = ", ".join(m[0] for m in meshes)
-    write_dataset_card(
-        out_dir,
-        OBJECT_FEATURES,
-        summary.rows_written,
-        pretty_name="UniPre3D objects-mini",
-        license="other",
-        tags=["pybullet", "synthetic-renders"],
-        description=f"""Object-level pre-training data in the ShapeNet multi-view layout, made from the textured meshes
-that ship inside the `pybullet` wheel (`pybullet_data`: {names}). Each mesh appears in {poses} random orientations
-and sizes (largest side 0.6-1.0); each row has {views} RGBA views at {image_size}x{image_size}, rendered with
-pybullet's CPU renderer (`ER_TINY_RENDERER`) on a sphere of radius 1.4-1.9 around the object with the paper's FoV
+    with dataset_output(out_dir, overwrite) as build_dir:
+        p, cid, data_dir = _connect()
+        rng = np.random.default_rng(seed)
+        focal = 0.5 * image_size / math.tan(0.5 * math.radians(SHAPENET_FOV_DEG))
+        intr = np.array([focal, focal, image_size / 2, image_size / 2], dtype=np.float32)
+        writers = {"train": ShardedParquetWriter(build_dir, "train", OBJECT_FEATURES, rows_per_shard=128)}
+        if poses >= 2:
+            writers["validation"] = ShardedParquetWriter(build_dir, "validation", OBJECT_FEATURES, rows_per_shard=128)
+        summary = BuildSummary("objects-mini")
+        bar = _progress(len(meshes) * poses, "objects-mini") if show_progress else None
+        try:
+            for name, file, kind, color in meshes:
+                for pose in range(poses):
+                    size = rng.uniform(0.6, 1.0)
+                    body, _, _ = _load_normalized(p, cid, data_dir, file, kind, color, _random_quaternion(rng), size)
+                    c2ws, images, world_pts, world_rgb = [], [], [], []
+                    eyes = []
+                    for v in range(views):
+                        azim = 2 * math.pi * (v + rng.random()) / views
+                        elev = math.radians(rng.uniform(-20, 60))
+                        radius = rng.uniform(1.4, 1.9)
+                        direction = [math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim), math.sin(elev)]
+                        eyes.append(radius * np.array(direction))
+                    extra = [1.75 * np.array(d, dtype=np.float64) for d in np.vstack([np.eye(3), -np.eye(3)])]
+                    for i, eye in enumerate(eyes + extra):
+                        up = (0.0, 1.0, 0.0) if abs(eye[2]) > 0.99 * np.linalg.norm(eye) else (0.0, 0.0, 1.0)
+                        c2w = _look_at(eye, np.zeros(3), up)
+                        rgb, z, seg = _render(p, cid, c2w, intr, image_size, image_size, 0.1, 10.0)
+                        mask = seg == body
+                        cam = unproject_depth(np.where(mask, z, 0.0), intr)[mask]
+                        world_pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
+                        world_rgb.append(rgb[mask])
+                        if i < views:
+                            alpha = np.where(mask, 255, 0).astype(np.uint8)[..., None]
+                            images.append(_png(np.concatenate([np.where(mask[..., None], rgb, 0), alpha], axis=-1)))
+                            c2ws.append(c2w.astype(np.float32))
+                    p.removeBody(body, physicsClientId=cid)
+                    pts = np.concatenate(world_pts)
+                    cols = np.concatenate(world_rgb)
+                    row_id = f"{name}/pose{pose:02d}"
+                    if len(pts) < 16:
+                        summary.skip(row_id, "too few visible surface points")
+                        continue
+                    pts, attrs = voxel_reduce(pts, size / 200.0, rng, colors=cols.astype(np.float64))
+                    if len(pts) > 3 * num_points:
+                        sub = rng.choice(len(pts), 3 * num_points, replace=False)
+                        pts, attrs = pts[sub], {"colors": attrs["colors"][sub]}
+                    order = farthest_point_order(pts, num_points)
+                    split = "validation" if (poses >= 2 and pose == poses - 1) else "train"
+                    writers[split].write(
+                        {
+                            "id": row_id,
+                            "category": name,
+                            "points": pts[order].astype(np.float32),
+                            "colors": np.clip(np.rint(attrs["colors"][order]), 0, 255).astype(np.uint8),
+                            "images": images,
+                            "camera_to_world": np.stack(c2ws),
+                            "intrinsics": np.tile(intr, (views, 1)),
+                            "width": image_size,
+                            "height": image_size,
+                        }
+                    )
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            p.disconnect(physicsClientId=cid)
+            if bar is not None:
+                bar.close()
+        for split, writer in writers.items():
+            writer.close()
+            summary.rows_written[split] = writer.num_rows
+        names = ", ".join(m[0] for m in meshes)
+        write_dataset_card(
+            build_dir,
+            OBJECT_FEATURES,
+            summary.rows_written,
+            pretty_name="UniPre3D objects-mini",
+            license="other",
+            tags=["pybullet", "synthetic-renders"],
+            load_path=out_dir,
+            description=f"""Object-level pre-training data in the ShapeNet multi-view layout, made from the textured
+meshes that ship inside the `pybullet` wheel (`pybullet_data`: {names}). Each mesh appears in {poses} random
+orientations and sizes (largest side 0.6-1.0); each row has {views} RGBA views at {image_size}x{image_size}, rendered
+with pybullet's CPU renderer (`ER_TINY_RENDERER`) on a sphere of radius 1.4-1.9 around the object with the paper's FoV
 ({SHAPENET_FOV_DEG:.4f} deg, fx = fy = {focal:.1f} px, principal point at the centre), alpha from the segmentation
 mask. Cameras: camera-to-world, OpenCV axes (x right, y down, z forward); intrinsics (fx, fy, cx, cy) in pixels with
 pixel centres at +0.5. Points: {num_points} per row, on the surface with their rendered texture colour (depth of the
@@ -320,9 +327,9 @@ remap is needed (points and cameras share the world frame). The last pose of eac
 Built with `python scripts/build_dataset.py objects-mini --poses {poses} --views {views} --seed {seed}`
 (deterministic for a seed). Licence: the meshes and textures are those distributed with pybullet (see the
 `pybullet_data` folder of the pybullet package for each model's terms; the bullet3 repository is zlib-licensed).""",
-    )
+        )
+        summary.bytes_on_disk = folder_size(build_dir)
     summary.seconds = time.perf_counter() - start
-    summary.bytes_on_disk = folder_size(out_dir)
     return summary
 
 
@@ -413,8 +420,12 @@ def build_scenes_mini(
     voxel_size: float = 0.02,
     seed: int = 0,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> BuildSummary:
     """Render the scene mini set (see the module docstring) into ``out_dir`` and return its summary.
+
+    The set is built in a sibling folder and replaces ``out_dir`` only once complete (:func:`dataset_output`); an
+    existing non-empty ``out_dir`` is refused unless ``overwrite``.
 
     Args:
         num_scenes: rooms; the last one is the ``validation`` split when ``num_scenes >= 2``.
@@ -427,91 +438,93 @@ def build_scenes_mini(
     start = time.perf_counter()
     if num_scenes < 1 or frames < 2 or width < 8 or height < 8 or voxel_size <= 0:
         raise ValueError("need num_scenes >= 1, frames >= 2, width and height >= 8 and voxel_size > 0")
-    p, cid, data_dir = _connect()
-    rng = np.random.default_rng(seed)
-    focal = SCANNET_FX_160 * width / 160.0
-    intr = np.array([focal, focal, width / 2, height / 2], dtype=np.float32)
-    writers = {"train": ShardedParquetWriter(out_dir, "train", SCENE_FEATURES, rows_per_shard=64)}
-    if num_scenes >= 2:
-        writers["validation"] = ShardedParquetWriter(out_dir, "validation", SCENE_FEATURES, rows_per_shard=64)
-    summary = BuildSummary("scenes-mini")
-    bar = _progress(num_scenes, "scenes-mini") if show_progress else None
-    try:
-        for scene in range(num_scenes):
-            p.resetSimulation(physicsClientId=cid)
-            labels, half = _build_room(p, cid, data_dir, rng)
-            lut_class = {b: c for b, (c, _) in labels.items()}
-            lut_inst = {b: i for b, (_, i) in labels.items()}
-            phase = rng.uniform(0, 2 * math.pi)
-            cam_height = rng.uniform(1.2, 1.6)
-            images, depths, c2ws = [], [], []
-            pts, cols, nrms, segs, insts = [], [], [], [], []
-            for f in range(frames):
-                theta = phase + 2 * math.pi * f / frames
-                eye = np.array([0.55 * half[0] * math.cos(theta), 0.55 * half[1] * math.sin(theta), cam_height])
-                look = theta + math.pi + rng.uniform(-0.35, 0.35)
-                target = np.array(
-                    [0.9 * half[0] * math.cos(look), 0.9 * half[1] * math.sin(look), rng.uniform(0.2, 0.7)]
+    with dataset_output(out_dir, overwrite) as build_dir:
+        p, cid, data_dir = _connect()
+        rng = np.random.default_rng(seed)
+        focal = SCANNET_FX_160 * width / 160.0
+        intr = np.array([focal, focal, width / 2, height / 2], dtype=np.float32)
+        writers = {"train": ShardedParquetWriter(build_dir, "train", SCENE_FEATURES, rows_per_shard=64)}
+        if num_scenes >= 2:
+            writers["validation"] = ShardedParquetWriter(build_dir, "validation", SCENE_FEATURES, rows_per_shard=64)
+        summary = BuildSummary("scenes-mini")
+        bar = _progress(num_scenes, "scenes-mini") if show_progress else None
+        try:
+            for scene in range(num_scenes):
+                p.resetSimulation(physicsClientId=cid)
+                labels, half = _build_room(p, cid, data_dir, rng)
+                lut_class = {b: c for b, (c, _) in labels.items()}
+                lut_inst = {b: i for b, (_, i) in labels.items()}
+                phase = rng.uniform(0, 2 * math.pi)
+                cam_height = rng.uniform(1.2, 1.6)
+                images, depths, c2ws = [], [], []
+                pts, cols, nrms, segs, insts = [], [], [], [], []
+                for f in range(frames):
+                    theta = phase + 2 * math.pi * f / frames
+                    eye = np.array([0.55 * half[0] * math.cos(theta), 0.55 * half[1] * math.sin(theta), cam_height])
+                    look = theta + math.pi + rng.uniform(-0.35, 0.35)
+                    target = np.array(
+                        [0.9 * half[0] * math.cos(look), 0.9 * half[1] * math.sin(look), rng.uniform(0.2, 0.7)]
+                    )
+                    c2w = _look_at(eye, target)
+                    rgb, z, seg = _render(p, cid, c2w, intr, width, height, 0.05, 20.0)
+                    valid = np.isfinite(z) & (seg >= 0)
+                    depth_mm = np.where(valid, np.rint(np.where(valid, z, 0) * DEPTH_SCALE), 0).astype(np.uint16)
+                    images.append(_png(rgb))
+                    depths.append(_png(depth_mm))
+                    c2ws.append(c2w.astype(np.float32))
+                    cam = unproject_depth(depth_mm.astype(np.float64) / DEPTH_SCALE, intr)
+                    normals, ok = normals_from_camera_points(cam, depth_mm > 0)
+                    pts.append(cam[ok] @ c2w[:3, :3].T + c2w[:3, 3])
+                    nrms.append(normals[ok] @ c2w[:3, :3].T)
+                    cols.append(rgb[ok].astype(np.float64))
+                    body = seg[ok] & ((1 << 24) - 1)
+                    segs.append(np.array([lut_class.get(int(b), -1) for b in body], dtype=np.int64).reshape(-1))
+                    insts.append(np.array([lut_inst.get(int(b), -1) for b in body], dtype=np.int64).reshape(-1))
+                coords, attrs = voxel_reduce(
+                    np.concatenate(pts), voxel_size, rng,
+                    colors=np.concatenate(cols), normals=np.concatenate(nrms),
+                    segment=np.concatenate(segs), instance=np.concatenate(insts),
+                )  # fmt: skip
+                normals = attrs["normals"] / np.maximum(np.linalg.norm(attrs["normals"], axis=1, keepdims=True), 1e-12)
+                split = "validation" if (num_scenes >= 2 and scene == num_scenes - 1) else "train"
+                writers[split].write(
+                    {
+                        "id": f"mini_scene{scene:04d}",
+                        "coords": coords,
+                        "colors": np.clip(np.rint(attrs["colors"]), 0, 255).astype(np.uint8),
+                        "normals": normals.astype(np.float32),
+                        "segment": attrs["segment"].astype(np.int32),
+                        "instance": attrs["instance"].astype(np.int32),
+                        "images": images,
+                        "depths": depths,
+                        "camera_to_world": np.stack(c2ws),
+                        "intrinsics": np.tile(intr, (frames, 1)),
+                        "frame_ids": np.arange(frames, dtype=np.int32),
+                        "width": width,
+                        "height": height,
+                    }
                 )
-                c2w = _look_at(eye, target)
-                rgb, z, seg = _render(p, cid, c2w, intr, width, height, 0.05, 20.0)
-                valid = np.isfinite(z) & (seg >= 0)
-                depth_mm = np.where(valid, np.rint(np.where(valid, z, 0) * DEPTH_SCALE), 0).astype(np.uint16)
-                images.append(_png(rgb))
-                depths.append(_png(depth_mm))
-                c2ws.append(c2w.astype(np.float32))
-                cam = unproject_depth(depth_mm.astype(np.float64) / DEPTH_SCALE, intr)
-                normals, ok = normals_from_camera_points(cam, depth_mm > 0)
-                pts.append(cam[ok] @ c2w[:3, :3].T + c2w[:3, 3])
-                nrms.append(normals[ok] @ c2w[:3, :3].T)
-                cols.append(rgb[ok].astype(np.float64))
-                body = seg[ok] & ((1 << 24) - 1)
-                segs.append(np.array([lut_class.get(int(b), -1) for b in body], dtype=np.int64).reshape(-1))
-                insts.append(np.array([lut_inst.get(int(b), -1) for b in body], dtype=np.int64).reshape(-1))
-            coords, attrs = voxel_reduce(
-                np.concatenate(pts), voxel_size, rng,
-                colors=np.concatenate(cols), normals=np.concatenate(nrms),
-                segment=np.concatenate(segs), instance=np.concatenate(insts),
-            )  # fmt: skip
-            normals = attrs["normals"] / np.maximum(np.linalg.norm(attrs["normals"], axis=1, keepdims=True), 1e-12)
-            split = "validation" if (num_scenes >= 2 and scene == num_scenes - 1) else "train"
-            writers[split].write(
-                {
-                    "id": f"mini_scene{scene:04d}",
-                    "coords": coords,
-                    "colors": np.clip(np.rint(attrs["colors"]), 0, 255).astype(np.uint8),
-                    "normals": normals.astype(np.float32),
-                    "segment": attrs["segment"].astype(np.int32),
-                    "instance": attrs["instance"].astype(np.int32),
-                    "images": images,
-                    "depths": depths,
-                    "camera_to_world": np.stack(c2ws),
-                    "intrinsics": np.tile(intr, (frames, 1)),
-                    "frame_ids": np.arange(frames, dtype=np.int32),
-                    "width": width,
-                    "height": height,
-                }
-            )
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            p.disconnect(physicsClientId=cid)
             if bar is not None:
-                bar.update(1)
-    finally:
-        p.disconnect(physicsClientId=cid)
-        if bar is not None:
-            bar.close()
-    for split, writer in writers.items():
-        writer.close()
-        summary.rows_written[split] = writer.num_rows
-    write_dataset_card(
-        out_dir,
-        SCENE_FEATURES,
-        summary.rows_written,
-        pretty_name="UniPre3D scenes-mini",
-        license="other",
-        tags=["pybullet", "synthetic-renders", "rgb-d"],
-        extra_yaml={"class_names": list(SCENE_CLASSES)},
-        description=f"""Scene-level pre-training data in the ScanNet layout, made from the meshes that ship inside the
-`pybullet` wheel (`pybullet_data`). Each row is one small room (2.2-3.2 m sides): a textured floor, four walls, one or
-two tables, and 4-7 objects (duck, teddy, mug, jenga, soccer ball, lego, cube, tray) placed at random on the floor or
+                bar.close()
+        for split, writer in writers.items():
+            writer.close()
+            summary.rows_written[split] = writer.num_rows
+        write_dataset_card(
+            build_dir,
+            SCENE_FEATURES,
+            summary.rows_written,
+            pretty_name="UniPre3D scenes-mini",
+            license="other",
+            tags=["pybullet", "synthetic-renders", "rgb-d"],
+            load_path=out_dir,
+            extra_yaml={"class_names": list(SCENE_CLASSES)},
+            description=f"""Scene-level pre-training data in the ScanNet layout, made from the meshes that ship inside
+the `pybullet` wheel (`pybullet_data`). Each row is one small room (2.2-3.2 m sides): a textured floor, four walls, one
+or two tables, and 4-7 objects (duck, teddy, mug, jenga, soccer ball, lego, cube, tray) placed at random on the floor or
 on a table. {frames} RGB-D frames per room at {width}x{height} (ScanNet's 4:3) follow one loop of a camera path,
 rendered with pybullet's CPU renderer (`ER_TINY_RENDERER`); intrinsics are ScanNet's depth camera scaled to this
 size (fx = fy = {focal:.3f} px, principal point at the centre; pixel centres at +0.5), poses are camera-to-world in
@@ -523,9 +536,9 @@ objects of a room, -1 for floor and walls. The last room is the `validation` spl
 Built with `python scripts/build_dataset.py scenes-mini --scenes {num_scenes} --frames {frames} --seed {seed}`
 (deterministic for a seed). Licence: the meshes and textures are those distributed with pybullet (see each model's
 folder in `pybullet_data`; the bullet3 repository is zlib-licensed).""",
-    )
+        )
+        summary.bytes_on_disk = folder_size(build_dir)
     summary.seconds = time.perf_counter() - start
-    summary.bytes_on_disk = folder_size(out_dir)
     return summary
 
 
@@ -542,5 +555,10 @@ def load_mini_dataset(name: str, root: str = DEFAULT_MINI_ROOT, split: str = "tr
     if not os.path.isfile(os.path.join(path, "README.md")):
         if not build:
             raise FileNotFoundError(f"{path} does not exist; run `python scripts/build_dataset.py {name}`")
-        builders[name](path, show_progress=False)
+        if os.path.isdir(path) and os.listdir(path):  # not a finished set (no card), but not ours to delete either
+            raise FileExistsError(
+                f"{path} holds files but no dataset card (README.md), so it is not a complete {name} set; remove it "
+                f"or rebuild it with `python scripts/build_dataset.py {name} --out {path} --overwrite`"
+            )
+        builders[name](path, show_progress=False)  # built aside and moved in when complete (dataset_output)
     return load_pretraining_dataset(path, split=split, streaming=streaming, level=name.split("-")[0][:-1])

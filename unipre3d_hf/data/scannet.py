@@ -8,15 +8,19 @@ Layout read::
     <frames-root>/pose/<scene>/<frame>.txt      4x4 camera-to-world (OpenCV axes)
     <frames-root>/intrinsic/<scene>/intrinsic_color.txt, intrinsic_depth.txt   4x4 K (ScanNet SensReader names)
 
-Frames are sorted by the integer in their file name. A frame whose pose is non-finite (ScanNet has ``-inf`` poses),
-or whose files are missing or unreadable, is dropped and counted. Intrinsics are read from the intrinsic files, not
-hard-coded. Every kept frame is stored at ``width x height`` (default 160x120, the paper's training size) in the
-*depth* camera: the depth map is resized with nearest neighbour, the colour image is resampled with the affine map
-between the two pinhole cameras (colour pixel = K_color K_depth^-1 depth pixel), so colour and depth are pixel
-aligned and share one ``intrinsics`` row. ScanNet's files use OpenCV's integer pixel centres; the stored intrinsics
-use this package's +0.5 centres: ``cx = (cx_file + 0.5) * width / width_file``. Scenes with fewer than ``min_frames``
-kept frames (the paper skips scenes with fewer than 16) or with inconsistent point arrays are skipped with their
-reason. Point folders ``train``/``val``/``test`` become the splits ``train``/``validation``/``test``.
+Frames are sorted by the integer in their file name. A frame whose pose is non-finite (ScanNet has ``-inf`` poses), or
+not rigid (rotation orthonormal with determinant +1, last row 0 0 0 1), whose depth PNG is not single-channel 16-bit (an
+8-bit or RGB depth image would be misread as millimetres), or whose files are missing, unreadable or declare more than
+``MAX_IMAGE_PIXELS`` pixels, is dropped and counted with its scene id, frame and reason. Intrinsics are read from the
+intrinsic files, not hard-coded. Every kept frame is stored at ``width x height`` (default 160x120, the paper's training
+size) in the *depth* camera: the depth map is resized with nearest neighbour, the colour image is resampled with the
+affine map between the two pinhole cameras (colour pixel = K_color K_depth^-1 depth pixel), so colour and depth are
+pixel aligned and share one ``intrinsics`` row, computed per frame (frames of one scene may differ in size). ScanNet's
+files use OpenCV's integer pixel centres; the stored intrinsics use this package's +0.5 centres: ``cx = (cx_file + 0.5)
+* width / width_file``. Scenes with fewer than ``min_frames`` kept frames (the paper skips scenes with fewer than 16),
+with inconsistent point arrays or with a zero-byte, truncated, corrupt or pickled ``.npy`` file are skipped with their
+reason. Point folders ``train``/``val``/``test`` become the splits ``train``/``validation``/``test``; a scene found in
+more than one of them is written to the first only (reported as skipped in the others), so nothing leaks across splits.
 """
 
 from __future__ import annotations
@@ -29,7 +33,17 @@ import time
 import numpy as np
 from PIL import Image
 
-from .schemas import SCENE_FEATURES, BuildSummary, ShardedParquetWriter, folder_size, write_dataset_card
+from ..rendering.cameras import check_rigid_transforms
+from .schemas import (
+    SCENE_FEATURES,
+    BuildSummary,
+    ShardedParquetWriter,
+    check_depth_image,
+    dataset_output,
+    folder_size,
+    open_image,
+    write_dataset_card,
+)
 
 __all__ = ["read_scannet_scene", "convert_scannet", "load_intrinsics"]
 
@@ -57,6 +71,15 @@ def load_intrinsics(frames_root: str, scene: str) -> tuple[np.ndarray, np.ndarra
     return out[0], out[1]
 
 
+def _load_npy(points_dir: str, name: str) -> np.ndarray:
+    """``<points_dir>/<name>.npy`` as an array; ``ValueError`` naming the file for a zero-byte, truncated, corrupt
+    or pickled (object) file (``allow_pickle=False``: a point file never runs code)."""
+    try:
+        return np.load(os.path.join(points_dir, f"{name}.npy"), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"unreadable {name}.npy ({type(err).__name__}: {err})") from err
+
+
 def _png(array: np.ndarray) -> dict:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
@@ -79,7 +102,7 @@ def read_scannet_scene(
         path = os.path.join(points_dir, f"{name}.npy")
         if not os.path.isfile(path):
             raise ValueError(f"missing {name}.npy")
-        arrays[name] = np.load(path)
+        arrays[name] = _load_npy(points_dir, name)
     p = len(arrays["coord"])
     for name in ("coord", "color", "normal"):
         if arrays[name].shape != (p, 3):
@@ -89,7 +112,9 @@ def read_scannet_scene(
     labels = {}
     for key, file in (("segment", segment), ("instance", "instance")):
         path = os.path.join(points_dir, f"{file}.npy")
-        labels[key] = np.load(path).astype(np.int32).reshape(-1) if os.path.isfile(path) else np.zeros(0, np.int32)
+        labels[key] = _load_npy(points_dir, file).astype(np.int32).reshape(-1) if os.path.isfile(path) else None
+        if labels[key] is None:
+            labels[key] = np.zeros(0, np.int32)
         if len(labels[key]) not in (0, p):
             raise ValueError(f"{file}.npy has {len(labels[key])} labels for {p} points")
     k_color, k_depth = load_intrinsics(frames_root, scene)
@@ -97,8 +122,7 @@ def read_scannet_scene(
     if not os.path.isdir(pose_dir):
         raise ValueError(f"missing pose/{scene}")
     frames = sorted((n for n in os.listdir(pose_dir) if n.endswith(".txt")), key=_frame_number)[::frame_skip]
-    images, depths, c2ws, ids = [], [], [], []
-    intr = None
+    images, depths, c2ws, intrs, ids = [], [], [], [], []
     for name in frames:
         number = _frame_number(name)
         stem = os.path.splitext(name)[0]
@@ -106,6 +130,7 @@ def read_scannet_scene(
             c2w = np.loadtxt(os.path.join(pose_dir, name), dtype=np.float64).reshape(4, 4)
             if not np.isfinite(c2w).all():
                 raise ValueError("non-finite pose")
+            check_rigid_transforms(f"pose/{scene}/{name}", c2w)
             color_path = next(
                 (
                     os.path.join(frames_root, "color", scene, stem + ext)
@@ -116,10 +141,13 @@ def read_scannet_scene(
             )
             if color_path is None:
                 raise ValueError("missing colour image")
-            depth_img = Image.open(os.path.join(frames_root, "depth", scene, stem + ".png"))
-            depth_img.load()
-            color_img = Image.open(color_path).convert("RGB")
-        except (OSError, ValueError) as err:
+            depth_path = os.path.join(frames_root, "depth", scene, stem + ".png")
+            if not os.path.isfile(depth_path):
+                raise ValueError("missing depth image")
+            depth_img = open_image(depth_path)  # bounded in pixels (MAX_IMAGE_PIXELS) before decoding
+            check_depth_image(depth_img)  # 8-bit or RGB depth would be read as wrong millimetres
+            color_img = open_image(color_path).convert("RGB")
+        except (OSError, ValueError, SyntaxError) as err:
             if summary is not None:
                 summary.drop(scene, f"frame {stem}: {err}")
             continue
@@ -128,7 +156,7 @@ def read_scannet_scene(
         # depth camera at the stored size, +0.5 pixel centres (ScanNet's K uses integer centres)
         fx, fy = k_depth[0, 0] * sx, k_depth[1, 1] * sy
         cx, cy = (k_depth[0, 2] + 0.5) * sx, (k_depth[1, 2] + 0.5) * sy
-        intr = np.array([fx, fy, cx, cy], dtype=np.float32)
+        intr = np.array([fx, fy, cx, cy], dtype=np.float32)  # per frame: frame sizes may differ
         # colour pixel (continuous, +0.5 centres) of a stored pixel u: uc = fxc (u - cx) / fx + (cxc + 0.5)
         ax, ay = k_color[0, 0] / fx, k_color[1, 1] / fy
         bx, by = k_color[0, 2] + 0.5 - ax * cx, k_color[1, 2] + 0.5 - ay * cy
@@ -137,6 +165,7 @@ def read_scannet_scene(
         images.append(_png(np.asarray(color)))
         depths.append(_png(depth))
         c2ws.append(c2w.astype(np.float32))
+        intrs.append(intr)
         ids.append(number)
     return {
         "id": scene,
@@ -148,7 +177,7 @@ def read_scannet_scene(
         "images": images,
         "depths": depths,
         "camera_to_world": np.stack(c2ws) if c2ws else np.zeros((0, 4, 4), np.float32),
-        "intrinsics": np.tile(intr, (len(images), 1)) if intr is not None else np.zeros((0, 4), np.float32),
+        "intrinsics": np.stack(intrs) if intrs else np.zeros((0, 4), np.float32),
         "frame_ids": np.asarray(ids, dtype=np.int32),
         "width": width,
         "height": height,
@@ -167,8 +196,15 @@ def convert_scannet(
     max_scenes: int | None = None,
     rows_per_shard: int = 16,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> BuildSummary:
-    """Convert ScanNet (see the module docstring) into ``out_dir``; returns the summary."""
+    """Convert ScanNet (see the module docstring) into ``out_dir``; returns the summary.
+
+    The set is built in a sibling folder and replaces ``out_dir`` only once complete (:func:`dataset_output`); an
+    existing non-empty ``out_dir`` is refused unless ``overwrite``. A scene found under more than one split folder is
+    written to the first (train, val, test) only and reported as skipped in the others, so no scene leaks across
+    splits.
+    """
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -176,38 +212,46 @@ def convert_scannet(
     split_dirs = [s for s in _SPLITS if os.path.isdir(os.path.join(points_root, s))]
     if not split_dirs:
         raise FileNotFoundError(f"no train/val/test folder under {points_root}")
-    for folder in split_dirs:
-        scenes = sorted(os.listdir(os.path.join(points_root, folder)))[:max_scenes]
-        writer = ShardedParquetWriter(out_dir, _SPLITS[folder], SCENE_FEATURES, rows_per_shard=rows_per_shard)
-        for scene in tqdm(scenes, desc=f"scannet/{folder}", unit="scene", disable=not show_progress):
-            try:
-                row = read_scannet_scene(
-                    os.path.join(points_root, folder, scene), frames_root, scene, width, height, frame_skip, segment,
-                    summary,
-                )  # fmt: skip
-            except (OSError, ValueError) as err:
-                summary.skip(scene, str(err))
-                continue
-            if len(row["images"]) < min_frames:
-                summary.skip(scene, f"too few good frames: {len(row['images'])} < {min_frames}")
-                continue
-            writer.write(row)
-        writer.close()
-        summary.rows_written[_SPLITS[folder]] = writer.num_rows
-    write_dataset_card(
-        out_dir,
-        SCENE_FEATURES,
-        summary.rows_written,
-        pretty_name="ScanNet v2 (UniPre3D format)",
-        license="other",
-        tags=["scannet", "rgb-d"],
-        description=f"""Converted with `python scripts/build_dataset.py scannet --points-root {points_root}
+    first_split: dict[str, str] = {}
+    with dataset_output(out_dir, overwrite) as build_dir:
+        for folder in split_dirs:
+            scenes = sorted(os.listdir(os.path.join(points_root, folder)))[:max_scenes]
+            writer = ShardedParquetWriter(build_dir, _SPLITS[folder], SCENE_FEATURES, rows_per_shard=rows_per_shard)
+            for scene in tqdm(scenes, desc=f"scannet/{folder}", unit="scene", disable=not show_progress):
+                if scene in first_split:
+                    summary.skip(scene, f"scene in two splits: kept in {first_split[scene]!r} only, not in {folder!r}")
+                    continue
+                first_split[scene] = folder
+                try:
+                    row = read_scannet_scene(
+                        os.path.join(points_root, folder, scene), frames_root, scene, width, height, frame_skip,
+                        segment, summary,
+                    )  # fmt: skip
+                except (OSError, ValueError) as err:
+                    summary.skip(scene, str(err))
+                    continue
+                if len(row["images"]) < min_frames:
+                    summary.skip(scene, f"too few good frames: {len(row['images'])} < {min_frames}")
+                    continue
+                writer.write(row)
+            writer.close()
+            summary.rows_written[_SPLITS[folder]] = writer.num_rows
+        write_dataset_card(
+            build_dir,
+            SCENE_FEATURES,
+            summary.rows_written,
+            pretty_name="ScanNet v2 (UniPre3D format)",
+            license="other",
+            tags=["scannet", "rgb-d"],
+            load_path=out_dir,
+            description=f"""Converted with `python scripts/build_dataset.py scannet --points-root {points_root}
 --frames-root {frames_root}` from Pointcept-preprocessed ScanNet v2 scenes and exported RGB-D frames. The ScanNet
 terms of use apply (non-commercial research; the data can't be redistributed). Frames at {width}x{height} in the
-depth camera (colour resampled onto it, so colour and depth align), every {frame_skip} exported frame(s); frames with
-non-finite poses dropped ({summary.dropped_frames} frames dropped in all). Labels: `segment` from `{segment}.npy`,
+depth camera (colour resampled onto it, so colour and depth align; intrinsics per frame), every {frame_skip} exported
+frame(s); frames with a non-finite or non-rigid pose, a depth image that is not 16-bit, or a missing, unreadable or
+oversized file dropped ({summary.dropped_frames} frames dropped in all). Labels: `segment` from `{segment}.npy`,
 `instance` from `instance.npy`. Rows written: {summary.rows_written}; skipped: {len(summary.skipped)}.""",
-    )
+        )
+        summary.bytes_on_disk = folder_size(build_dir)
     summary.seconds = time.perf_counter() - start
-    summary.bytes_on_disk = folder_size(out_dir)
     return summary

@@ -34,6 +34,9 @@ __all__ = [
     "OBJECT_FEATURES",
     "SCENE_FEATURES",
     "DEPTH_SCALE",
+    "MAX_IMAGE_PIXELS",
+    "open_image",
+    "check_depth_image",
     "ShardedParquetWriter",
     "BuildSummary",
     "dataset_output",
@@ -44,6 +47,13 @@ __all__ = [
 
 #: depth PNGs hold millimetres (ScanNet's convention): metres = value / DEPTH_SCALE
 DEPTH_SCALE = 1000.0
+
+#: the most pixels an image file may declare before it is decoded (64 Mpx, e.g. 8192 x 8192; ScanNet's colour
+#: frames have 1.25 Mpx): the size is read from the header, so a decompression bomb is refused before any decoding
+MAX_IMAGE_PIXELS = 2**26
+
+#: PIL modes of a 16-bit single-channel PNG (PIL opens 16-bit greyscale as "I;16", older versions as "I")
+_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
 def _points(dtype: str) -> List:
@@ -88,6 +98,43 @@ SCENE_FEATURES = Features(
 _IMAGE_COLUMNS = ("images", "depths")
 
 
+def open_image(source, max_pixels: int = MAX_IMAGE_PIXELS):
+    """Open and fully decode an image from a path, bytes or a binary file, refusing one that declares more than
+    ``max_pixels`` pixels before decoding it. Raises ``ValueError`` (too large, or PIL's own decompression-bomb
+    limit) or ``OSError`` (not an image, truncated)."""
+    import io
+
+    from PIL import Image as PILImage
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    try:
+        img = PILImage.open(source)
+    except PILImage.DecompressionBombError as err:
+        raise ValueError(f"image too large to decode safely ({err})") from err
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise ValueError(
+            f"image declares {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} (MAX_IMAGE_PIXELS)"
+        )
+    try:
+        img.load()
+    except PILImage.DecompressionBombError as err:
+        raise ValueError(f"image too large to decode safely ({err})") from err
+    return img
+
+
+def check_depth_image(img) -> None:
+    """Raise ``ValueError`` unless ``img`` (PIL) is a single-channel 16-bit depth image (millimetres, as ScanNet):
+    an 8-bit PNG (mode "L") would be read as 0..255 mm, an RGB one as three channels."""
+    if img.mode not in _DEPTH_MODES:
+        raise ValueError(
+            f"depth image has PIL mode {img.mode!r} ({len(img.getbands())} channel(s)); depth must be a single-channel "
+            "16-bit PNG in millimetres"
+        )
+
+
 def raw_features(features: Features) -> Features:
     """A copy of ``features`` whose image columns are not decoded (rows then hold ``{"bytes", "path"}`` dicts)."""
     out = Features(dict(features))
@@ -126,7 +173,7 @@ class BuildSummary:
         if self.bytes_on_disk:
             lines.append(f"  size on disk: {self.bytes_on_disk / 2**20:.2f} MiB")
         if self.dropped_frames:
-            lines.append(f"  frames dropped (non-finite pose, missing or unreadable file): {self.dropped_frames}")
+            lines.append(f"  frames / views dropped (bad camera, missing or unreadable file): {self.dropped_frames}")
             for item_id, reason in self.dropped[:20]:
                 lines.append(f"    - {item_id}: {reason}")
             if len(self.dropped) > 20:
@@ -166,7 +213,8 @@ class ShardedParquetWriter:
         if stale:  # never delete a finished set's shards: builds write into a fresh folder (see dataset_output)
             raise FileExistsError(
                 f"{self.data_dir} already holds {split!r} shards ({stale[0]}, ...); build into the folder that "
-                "`dataset_output(out_dir, overwrite=...)` gives, which replaces the old set only once the new one is complete"
+                "`dataset_output(out_dir, overwrite=...)` gives, which replaces the old set only once the new one is "
+                "complete"
             )
         self.split = split
         self.features = features
@@ -233,9 +281,10 @@ def dataset_output(out_dir: str, overwrite: bool = False) -> Iterator[str]:
         raise FileExistsError(f"`out_dir` {out_dir} already exists; pass overwrite=True (--overwrite) to replace it")
     parent, name = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
-    for child in os.listdir(parent):  # leftovers of killed builds of this same set
-        if child.startswith(f".tmp-build-{name}-") or child.startswith(f".tmp-old-{name}-"):
-            shutil.rmtree(os.path.join(parent, child), ignore_errors=True)
+    for child in os.listdir(parent):  # leftovers of killed builds of this same set (not those of a live build)
+        for prefix in (f".tmp-build-{name}-", f".tmp-old-{name}-"):
+            if child.startswith(prefix) and not _build_alive(child[len(prefix) :]):
+                shutil.rmtree(os.path.join(parent, child), ignore_errors=True)
     build_dir = os.path.join(parent, f".tmp-build-{name}-{os.getpid()}-{time.time_ns()}")
     os.makedirs(build_dir)
     try:
@@ -247,11 +296,26 @@ def dataset_output(out_dir: str, overwrite: bool = False) -> Iterator[str]:
         raise
     trash = None
     if os.path.exists(out_dir):
-        trash = os.path.join(parent, f".tmp-old-{name}-{time.time_ns()}")
+        trash = os.path.join(parent, f".tmp-old-{name}-{os.getpid()}-{time.time_ns()}")
         os.replace(out_dir, trash)
     os.replace(build_dir, out_dir)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _build_alive(suffix: str) -> bool:
+    """Whether the build named by a ``<pid>-<ns>`` folder suffix is still running on this machine (its process
+    exists and is not this one); such a folder belongs to a concurrent build and is left alone."""
+    pid = suffix.split("-")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
 
 
 def folder_size(path: str) -> int:
@@ -278,13 +342,17 @@ def write_dataset_card(
     tags: Iterable[str] = (),
     extra_yaml: dict | None = None,
     loading: str | None = None,
+    load_path: str | None = None,
 ) -> str:
     """Write ``<out_dir>/README.md``: a YAML header (licence, configs/data files, features, split sizes) and a body.
 
     ``description`` is Markdown (provenance, how the set was built, the command). Splits without rows have no shard
-    and are left out of the card (``datasets`` can't load a split without files). ``loading`` (Markdown) replaces the
-    default "Loading" snippet (the pre-training loader). Returns the card's path.
+    and are left out of the card (``datasets`` can't load a split without files). ``load_path`` is the path the card's
+    loading snippet shows (default ``out_dir``; pass the final folder when ``out_dir`` is a build folder of
+    :func:`dataset_output`). ``loading`` (Markdown) replaces the default "Loading" snippet (the pre-training
+    loader). Returns the card's path.
     """
+    load_path = out_dir if load_path is None else load_path
     splits = {s: n for s, n in splits.items() if n > 0}
     if not splits:
         raise ValueError(f"no rows were written to {out_dir}; nothing to describe")
@@ -310,8 +378,8 @@ def write_dataset_card(
     if loading is None:
         loading = (
             "```python\nfrom unipre3d_hf.data import load_pretraining_dataset\n"
-            f'ds = load_pretraining_dataset("{out_dir}", split="{next(iter(splits))}")            # or streaming=True\n'
-            f'# plain datasets works too: datasets.load_dataset("{out_dir}")\n```'
+            f'ds = load_pretraining_dataset("{load_path}", split="{next(iter(splits))}")            # or streaming=True\n'
+            f'# plain datasets works too: datasets.load_dataset("{load_path}")\n```'
         )
     body = (
         f"# {pretty_name}\n\n{description.strip()}\n\n## Loading\n\n{loading.strip()}\n\n"

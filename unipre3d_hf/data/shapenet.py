@@ -20,25 +20,34 @@ What the converter does:
   black, which equals the paper's "take RGB" for renders whose transparent pixels are black;
 - the split is the paper's: every ``<synset>/<model>`` sorted, shuffled with Python's ``random`` seeded with
   ``seed + 1`` (43 for the paper's seed 42), then 75 % train, 20 % validation, 5 % test;
-- a view whose image or matrix is missing, whose PNG does not decode (corrupt or truncated bytes), or whose matrix
-  is unreadable or non-finite is dropped and recorded in the summary with its object id, view and reason
-  (``BuildSummary.dropped``, counted in ``dropped_frames``); the views are the numbered ``.png`` and ``.txt`` files,
-  and a gap in the numbering is reported as a missing view. An object without a point file, with unreadable points
+- a view whose image or matrix is missing, whose PNG does not decode (corrupt or truncated bytes) or declares more than
+  ``MAX_IMAGE_PIXELS`` pixels, whose matrix is unreadable, non-finite or not rigid (rotation orthonormal with
+  determinant +1, last row 0 0 0 1), or whose metadata focal or sensor size is zero, negative or NaN is dropped and
+  recorded in the summary with its object id, view and reason (``BuildSummary.dropped``, counted in ``dropped_frames``);
+  the views are the numbered ``.png`` and ``.txt`` files, and a gap in the numbering is reported as a missing view; no
+  bad value is ever written. An object without a point file, with an unreadable point file (zero-byte, corrupt, pickled)
   or with fewer than ``min_views`` good views is skipped with its reason (``BuildSummary.skipped``).
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import random
 import time
 
 import numpy as np
-from PIL import Image
 
-from .schemas import OBJECT_FEATURES, BuildSummary, ShardedParquetWriter, folder_size, write_dataset_card
+from ..rendering.cameras import check_rigid_transforms
+from .schemas import (
+    OBJECT_FEATURES,
+    BuildSummary,
+    ShardedParquetWriter,
+    dataset_output,
+    folder_size,
+    open_image,
+    write_dataset_card,
+)
 from .transforms import shapenet_axis_remap
 
 __all__ = ["list_shapenet_objects", "shapenet_split", "read_shapenet_object", "convert_shapenet"]
@@ -105,9 +114,9 @@ def read_shapenet_object(root: str, object_id: str, summary: BuildSummary | None
     pts_path = os.path.join(pts_root, f"{synset}-{model}.npy")
     if not os.path.isfile(pts_path):
         raise ValueError(f"missing point file pts/{synset}-{model}.npy")
-    try:
-        points = np.load(pts_path).astype(np.float32)
-    except (OSError, ValueError) as err:
+    try:  # allow_pickle=False: a point file never runs code; a zero-byte file raises EOFError
+        points = np.load(pts_path, allow_pickle=False).astype(np.float32)
+    except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"unreadable point file ({err})") from err
     if points.ndim != 2 or points.shape[1] < 3 or len(points) == 0 or not np.isfinite(points[:, :3]).all():
         raise ValueError(f"point file must hold a finite [N, >=3] array, got shape {points.shape}")
@@ -130,11 +139,14 @@ def read_shapenet_object(root: str, object_id: str, summary: BuildSummary | None
             c2w = _read_matrix(matrix_path)
             if not np.isfinite(c2w).all():
                 raise ValueError(f"non-finite camera matrix in {stem}.txt")
+            try:
+                check_rigid_transforms(f"{stem}.txt", c2w)
+            except ValueError as err:
+                raise ValueError(f"bad camera matrix: {err}") from err
             with open(image_path, "rb") as f:
                 data = f.read()
-            try:  # decode fully: a truncated or corrupt file must not reach the collator
-                with Image.open(io.BytesIO(data)) as img:
-                    img.load()
+            try:  # decode fully (bounded in pixels): a truncated, corrupt or huge file must not reach the collator
+                with open_image(data) as img:
                     w, h = img.size
             except (OSError, SyntaxError, ValueError) as err:
                 raise ValueError(f"unreadable image {stem}.png ({err})") from err
@@ -142,6 +154,11 @@ def read_shapenet_object(root: str, object_id: str, summary: BuildSummary | None
                 raise ValueError(f"image {stem}.png is {w}x{h}, the object's first view is {size[0]}x{size[1]}")
             if view < len(metadata):
                 focal, sensor = float(metadata[view][4]), float(metadata[view][5])
+                if not (math.isfinite(focal) and math.isfinite(sensor) and focal > 0 and sensor > 0):
+                    raise ValueError(
+                        f"metadata line {view + 1} has focal {focal} mm and sensor {sensor} mm; both must be finite "
+                        "and positive"
+                    )
                 fov = 2 * math.atan(0.5 * sensor / focal)
             elif default_fov_deg is not None:
                 fov = math.radians(default_fov_deg)
@@ -181,49 +198,58 @@ def convert_shapenet(
     default_fov_deg: float | None = None,
     rows_per_shard: int = 256,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> BuildSummary:
-    """Convert a ShapeNet multi-view tree (see the module docstring) into ``out_dir``; returns the summary."""
+    """Convert a ShapeNet multi-view tree (see the module docstring) into ``out_dir``; returns the summary.
+
+    The set is built in a sibling folder and replaces ``out_dir`` only once complete (:func:`dataset_output`); an
+    existing non-empty ``out_dir`` is refused unless ``overwrite``.
+    """
     from tqdm.auto import tqdm
 
+    if default_fov_deg is not None and not (0 < default_fov_deg < 180):
+        raise ValueError(f"`default_fov_deg` must be in (0, 180) degrees, got {default_fov_deg}")
     start = time.perf_counter()
     ids = list_shapenet_objects(root)
     if max_objects is not None:
         ids = ids[:max_objects]
     splits = shapenet_split(ids, seed)
     summary = BuildSummary("shapenet")
-    bar = tqdm(total=len(ids), desc="shapenet", unit="object", disable=not show_progress)
-    for split, split_ids in splits.items():
-        writer = ShardedParquetWriter(out_dir, split, OBJECT_FEATURES, rows_per_shard=rows_per_shard)
-        for object_id in split_ids:
-            bar.update(1)
-            try:
-                row = read_shapenet_object(root, object_id, summary, default_fov_deg)
-            except ValueError as err:
-                summary.skip(object_id, str(err))
-                continue
-            if len(row["images"]) < min_views:
-                summary.skip(object_id, f"too few good views: {len(row['images'])} < {min_views}")
-                continue
-            writer.write(row)
-        writer.close()
-        summary.rows_written[split] = writer.num_rows
-    bar.close()
-    write_dataset_card(
-        out_dir,
-        OBJECT_FEATURES,
-        summary.rows_written,
-        pretty_name="ShapeNet multi-view (UniPre3D format)",
-        license="other",
-        tags=["shapenet"],
-        description=f"""Converted from a ShapeNet multi-view render tree (`{os.path.abspath(root)}`) with
+    with dataset_output(out_dir, overwrite) as build_dir:
+        bar = tqdm(total=len(ids), desc="shapenet", unit="object", disable=not show_progress)
+        for split, split_ids in splits.items():
+            writer = ShardedParquetWriter(build_dir, split, OBJECT_FEATURES, rows_per_shard=rows_per_shard)
+            for object_id in split_ids:
+                bar.update(1)
+                try:
+                    row = read_shapenet_object(root, object_id, summary, default_fov_deg)
+                except ValueError as err:
+                    summary.skip(object_id, str(err))
+                    continue
+                if len(row["images"]) < min_views:
+                    summary.skip(object_id, f"too few good views: {len(row['images'])} < {min_views}")
+                    continue
+                writer.write(row)
+            writer.close()
+            summary.rows_written[split] = writer.num_rows
+        bar.close()
+        write_dataset_card(
+            build_dir,
+            OBJECT_FEATURES,
+            summary.rows_written,
+            pretty_name="ShapeNet multi-view (UniPre3D format)",
+            license="other",
+            tags=["shapenet"],
+            load_path=out_dir,
+            description=f"""Converted from a ShapeNet multi-view render tree (`{os.path.abspath(root)}`) with
 `python scripts/build_dataset.py shapenet --root ... --seed {seed}`. ShapeNet's terms of use apply (non-commercial
 research; the data can't be redistributed). Split: the paper's random 75/20/5 split (sorted ids shuffled with
 `random.seed({seed + 1})`). Points: the `pts/*.npy` cloud, axes remapped (x, y, z) -> (-z, x, -y) into the frame of
-the cameras, not centred. Cameras: the per-view camera-to-world matrices (OpenCV axes); intrinsics from each view's
-`rendering_metadata.txt` focal and sensor sizes, principal point at the centre, pixel centres at +0.5. Images: the
-original PNGs. Rows written: {summary.rows_written}; skipped: {len(summary.skipped)}; views dropped:
-{summary.dropped_frames}.""",
-    )
+the cameras, not centred. Cameras: the per-view camera-to-world matrices (OpenCV axes), each checked to be rigid;
+intrinsics from each view's `rendering_metadata.txt` focal and sensor sizes (finite and positive, else the view is
+dropped), principal point at the centre, pixel centres at +0.5. Images: the original PNGs. Rows written:
+{summary.rows_written}; skipped: {len(summary.skipped)}; views dropped: {summary.dropped_frames}.""",
+        )
+        summary.bytes_on_disk = folder_size(build_dir)
     summary.seconds = time.perf_counter() - start
-    summary.bytes_on_disk = folder_size(out_dir)
     return summary

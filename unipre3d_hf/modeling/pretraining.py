@@ -31,6 +31,7 @@ from ..data.geometry import unproject_depth_to_world
 from ..ops.sparse_conv import SparseVoxels, SubMConv3d, pack_voxel_keys
 from ..ops.voxelize import offsets_to_batch_index, scene_minimum, voxel_representatives
 from ..rendering import Cameras, Gaussians, render
+from ..rendering.cameras import check_rigid_transforms
 from ..training.losses import LPIPSLoss, reconstruction_loss
 from ..utils.import_utils import require_package
 from .layers import FrozenNetwork, init_torch_default
@@ -477,6 +478,23 @@ class UniPre3DForGaussianPretraining(UniPre3DPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         cfg = self.config
+        # images and background are float in [0, 1] (the collators' output): 0..255 or NaN images would go into the
+        # loss unnoticed (issue 19). One sync per tensor; skipped while compiling (data-dependent checks break graphs).
+        for name, value in (("reference_images", reference_images), ("target_images", target_images),
+                            ("background", background)):  # fmt: skip
+            if value is None or torch.compiler.is_compiling():
+                continue
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise ValueError(
+                    f"`{name}` must be a floating-point tensor in [0, 1], got {getattr(value, 'dtype', type(value))}"
+                )
+            if value.numel():
+                lo, hi = (float(x) for x in torch.aminmax(value.detach()))
+                if not (0.0 <= lo and hi <= 1.0 and math.isfinite(hi)):  # NaN fails every comparison
+                    raise ValueError(f"`{name}` must be finite and in [0, 1], got values in [{lo}, {hi}]")
+        for name, value in (("reference_c2w", reference_c2w), ("target_c2w", target_c2w)):
+            if isinstance(value, torch.Tensor) and not torch.compiler.is_compiling():
+                check_rigid_transforms(name, value)  # named here; Cameras would name them `camera_to_world`
         if cfg.level == "object":
             if points is None:
                 raise ValueError("an object-level model needs `points` [B, N, 3]")

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+#: tolerance of the rigidity checks: ``max |R^T R - I|`` (unitless, so relative) and ``max |last row - [0, 0, 0, 1]|``;
+#: for low-precision dtypes it grows to 8 machine epsilons of the dtype (bf16 rounds a rotation entry by up to 4e-3)
+RIGID_TOLERANCE = 1e-4
+
 
 def _check_matrix_batch(name: str, value: Tensor, trailing: tuple[int, ...]) -> None:
     if not isinstance(value, Tensor):
@@ -26,7 +30,59 @@ def _check_matrix_batch(name: str, value: Tensor, trailing: tuple[int, ...]) -> 
     if not value.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {value.dtype}")
     if not torch.isfinite(value).all():
-        raise ValueError(f"`{name}` contains NaN or Inf values")
+        index = tuple(torch.nonzero(~torch.isfinite(value))[0].tolist())
+        raise ValueError(f"`{name}` contains NaN or Inf values (first at {list(index)}: {value[index].item()})")
+
+
+def check_rigid_transforms(name: str, matrix, atol: float | None = None) -> None:
+    """Raise ``ValueError`` unless every ``[..., 4, 4]`` matrix of ``matrix`` (tensor or array) is a rigid transform:
+    finite, last row ``[0, 0, 0, 1]``, rotation block orthonormal (``R^T R = I``) with determinant +1, each within
+    ``atol`` (default :data:`RIGID_TOLERANCE`, or 8 epsilons of a low-precision dtype). The message names ``name``,
+    the index of the first bad matrix, what is wrong and the matrix itself.
+    """
+    m = torch.as_tensor(matrix)
+    if m.dim() < 2 or tuple(m.shape[-2:]) != (4, 4):
+        raise ValueError(f"`{name}` must have shape [..., 4, 4], got {tuple(m.shape)}")
+    if atol is None:
+        atol = max(RIGID_TOLERANCE, 8 * torch.finfo(m.dtype).eps) if m.is_floating_point() else RIGID_TOLERANCE
+    flat = m.detach().reshape(-1, 4, 4).to(torch.float64)
+    if flat.shape[0] == 0:
+        return
+    finite = torch.isfinite(flat).flatten(1).all(1)
+    safe = torch.where(finite[:, None, None], flat, torch.eye(4, dtype=flat.dtype, device=flat.device))
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=flat.dtype, device=flat.device)
+    bottom_err = (safe[:, 3] - bottom).abs().amax(-1)
+    rot = safe[:, :3, :3]
+    eye = torch.eye(3, dtype=flat.dtype, device=flat.device)
+    ortho_err = (rot.transpose(-1, -2) @ rot - eye).abs().amax((-1, -2))
+    det = (rot[:, 0] * torch.cross(rot[:, 1], rot[:, 2], dim=-1)).sum(-1)
+    bad = ~finite | (bottom_err > atol) | (ortho_err > atol) | (det <= 0)
+    if not bad.any():
+        return
+    i = int(torch.nonzero(bad)[0])
+    index = list(torch.unravel_index(torch.tensor(i), tuple(m.shape[:-2]))) if m.dim() > 2 else []
+    index = [int(k) for k in index]
+    if not finite[i]:
+        why = "it contains NaN or Inf"
+    elif bottom_err[i] > atol:
+        why = f"its last row must be [0, 0, 0, 1], got {[round(float(x), 6) for x in flat[i, 3]]}"
+    elif ortho_err[i] > atol:
+        why = f"its rotation is not orthonormal: max |R^T R - I| = {float(ortho_err[i]):.3g} > {atol:g}"
+    else:
+        why = f"its rotation has determinant {float(det[i]):.4g}, not +1 (a reflection)"
+    values = [[round(float(x), 6) for x in row] for row in flat[i]]
+    raise ValueError(f"`{name}`{index} is not a rigid transform: {why}; the matrix is {values}")
+
+
+def _check_intrinsics_values(name: str, intrinsics: Tensor) -> None:
+    """fx, fy > 0 (finite values are checked with the shape); the message names the first bad view and its values."""
+    bad = ~(intrinsics[..., :2] > 0).all(-1)
+    if bad.any():
+        index = tuple(torch.nonzero(bad)[0].tolist())
+        values = [round(float(x), 6) for x in intrinsics[index]]
+        raise ValueError(
+            f"`{name}` focal lengths (fx, fy) must be positive, got (fx, fy, cx, cy) = {values} at {list(index)}"
+        )
 
 
 def _rigid_inverse(matrix: Tensor) -> Tensor:
@@ -86,12 +142,8 @@ class Cameras:
             raise ValueError(
                 f"`intrinsics` is on {self.intrinsics.device} but `world_to_camera` is on {self.world_to_camera.device}"
             )
-        if not (self.intrinsics[..., :2] > 0).all():
-            raise ValueError("`intrinsics` focal lengths (fx, fy) must be positive")
-        bottom = self.world_to_camera[..., 3, :]
-        expected_bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=bottom.dtype, device=bottom.device)
-        if not torch.allclose(bottom, expected_bottom.expand_as(bottom), atol=1e-5):
-            raise ValueError("`world_to_camera` must be affine: its last row must be [0, 0, 0, 1]")
+        _check_intrinsics_values("intrinsics", self.intrinsics)
+        check_rigid_transforms("world_to_camera", self.world_to_camera)
         for name in ("width", "height"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -109,6 +161,7 @@ class Cameras:
         ``intrinsics`` is ``[B, V, 4]`` (fx, fy, cx, cy) or ``[B, V, 3, 3]`` K matrices.
         """
         _check_matrix_batch("camera_to_world", camera_to_world, (4, 4))
+        check_rigid_transforms("camera_to_world", camera_to_world)  # the inverse below assumes a rigid transform
         return cls(_rigid_inverse(camera_to_world), intrinsics, width, height, near, far)
 
     @classmethod
@@ -157,6 +210,7 @@ class Cameras:
                 image centre, as 3DGS assumes.
         """
         _check_matrix_batch("world_view_transform", world_view_transform, (4, 4))
+        check_rigid_transforms("world_view_transform (transposed)", world_view_transform.transpose(-1, -2))
         ref = world_view_transform
         tx = torch.as_tensor(tanfovx, dtype=ref.dtype, device=ref.device).expand(ref.shape[:2])
         ty = torch.as_tensor(tanfovy, dtype=ref.dtype, device=ref.device).expand(ref.shape[:2])

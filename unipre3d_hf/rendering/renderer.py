@@ -12,6 +12,7 @@ Backends:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ class RenderOutput:
     backend: str
 
 
-def _background_tensor(background, batch: int, views: int, device, dtype) -> Tensor:
+def _background_tensor(background, batch: int, views: int, device, dtype, check_values: bool = True) -> Tensor:
+    """``[B, V, 3]`` background colours; numbers are always checked to be finite and in [0, 1], tensors when
+    ``check_values`` (a device sync)."""
     if background is None:
         return torch.zeros(batch, views, 3, device=device, dtype=dtype)
     if not isinstance(background, Tensor):
@@ -54,7 +57,16 @@ def _background_tensor(background, batch: int, views: int, device, dtype) -> Ten
             background = [float(background)] * 3
         if not isinstance(background, Sequence) or len(background) != 3:
             raise ValueError(f"`background` must be 3 numbers or a tensor [3], [B, 3] or [B, V, 3], got {background!r}")
-        background = torch.tensor(background, dtype=dtype, device=device)
+        try:
+            values = [float(v) for v in background]
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"`background` must be 3 numbers in [0, 1], got {background!r}") from err
+        if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+            raise ValueError(f"`background` must be 3 finite numbers in [0, 1], got {values}")
+        background = torch.tensor(values, dtype=dtype, device=device)
+        check_values = False
+    if not background.is_floating_point():
+        raise ValueError(f"`background` must be a floating-point tensor, got {background.dtype}")
     if background.device != device:
         raise ValueError(f"`background` is on {background.device} but the Gaussians are on {device}")
     if background.shape[-1:] != (3,) or background.dim() > 3:
@@ -67,6 +79,14 @@ def _background_tensor(background, batch: int, views: int, device, dtype) -> Ten
         background = background[:, None, :].expand(batch, views, 3)
     elif tuple(background.shape[:2]) != (batch, views):
         raise ValueError(f"`background` of shape [B, V, 3] needs [B={batch}, V={views}], got {tuple(background.shape)}")
+    if check_values:
+        lo, hi = torch.aminmax(background.detach().float())
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo and hi <= 1.0):
+            raise ValueError(
+                f"`background` must be finite and in [0, 1], got values in [{lo}, {hi}]"
+                + (" (NaN)" if torch.isnan(background).any() else "")
+            )
     return background.to(dtype)
 
 
@@ -104,8 +124,8 @@ def render(
     Args:
         gaussians: :class:`Gaussians` with tensors ``[B, N, ...]`` (padding masked out by ``gaussians.mask``).
         cameras: :class:`Cameras` with ``[B, V]`` views, on the same device as the Gaussians.
-        background: RGB behind the Gaussians: 3 numbers, or a tensor ``[3]``, ``[B, 3]`` or ``[B, V, 3]``
-            (default black).
+        background: RGB behind the Gaussians, finite and in [0, 1]: 3 numbers, or a tensor ``[3]``, ``[B, 3]`` or
+            ``[B, V, 3]`` (default black). Numbers are always checked; tensor values with ``check_inputs``.
         backend: ``"auto" | "gsplat" | "torch" | "inria"`` (see module docstring).
         sh_degree: SH degree to evaluate (default: the degree of ``gaussians.sh``).
         antialiased: 3DGS's antialiasing (Mip-Splatting opacity compensation for the 0.3 px low-pass), as the paper
@@ -136,7 +156,7 @@ def render(
     dtype = gaussians.means.dtype
     if cameras.dtype != dtype:
         cameras = cameras.to(dtype=dtype)
-    bg = _background_tensor(background, cameras.batch_size, cameras.num_views, gaussians.device, dtype)
+    bg = _background_tensor(background, cameras.batch_size, cameras.num_views, gaussians.device, dtype, check_inputs)
     chosen = _resolve_backend(backend, gaussians.device, dtype)
     if sh_degree < gaussians.sh_degree:
         k = (sh_degree + 1) ** 2

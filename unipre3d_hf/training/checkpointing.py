@@ -1,20 +1,27 @@
-"""Crash-safe training checkpoints with Accelerate.
+"""Crash-safe training checkpoints that load without running code.
 
 Layout under ``output_dir``::
 
-    checkpoint-<step>/          accelerator.save_state(...) output + a ``COMPLETE`` marker (JSON: step, time)
+    checkpoint-<step>/          model.safetensors, optimizer.pt (weights_only), scheduler.json, ema.safetensors,
+                                trainer_state.json, rng-<rank>.json, and a ``COMPLETE`` marker (JSON: step, run id,
+                                every file's size and SHA-256)
     .tmp-checkpoint-<step>/     a checkpoint being written; garbage if the run died (cleaned at the next save)
     best/                       the best weights so far + best.json {"metric", "value", "step"}
 
 A checkpoint is written into a temporary folder, marked ``COMPLETE`` and only then renamed into place, so a crash at any
-moment leaves the latest complete checkpoint intact; :func:`latest_checkpoint` only ever returns marked folders.
+moment leaves the latest complete checkpoint intact; :func:`latest_checkpoint` only ever returns marked folders. Before
+a resume reads anything, :func:`verify_checkpoint` checks every file against the marker and refuses any file type a
+checkpoint does not hold (no pickle is ever unpickled: the optimizer state is read with
+``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import random
 import re
 import shutil
 import time
@@ -22,16 +29,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
     "COMPLETE_MARKER",
+    "CheckpointError",
+    "apply_checkpoint",
+    "read_checkpoint",
+    "verify_checkpoint",
     "checkpoint_info",
     "latest_checkpoint",
     "list_checkpoints",
     "read_best",
     "resolve_resume",
+    "resume_candidates",
     "save_best",
     "save_checkpoint",
 ]
@@ -41,6 +54,13 @@ BEST_DIR = "best"
 BEST_JSON = "best.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _TMP_PREFIX = ".tmp-"
+_RNG_RE = re.compile(r"^rng-\d+\.json$")
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.json"
+EMA_FILE = "ema.safetensors"
+TRAINER_STATE_FILE = "trainer_state.json"
+CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, EMA_FILE, TRAINER_STATE_FILE)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -147,26 +167,110 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | os.PathLike | No
     return str(path)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be trusted or read: the message names the folder, the file and why."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng-{rank}.json"
+
+
+def _allowed_file(name: str) -> bool:
+    return name in CHECKPOINT_FILES or _RNG_RE.match(name) is not None
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's random states as JSON values: Python's ``random``, NumPy's global ``RandomState``, torch's CPU
+    generator and every CUDA device's (byte tensors as lists of ints)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss},
+        "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }  # fmt: skip
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"]), py["gauss_next"]))
+    n = state["numpy"]
+    keys = np.asarray(n["keys"], dtype=np.uint32)
+    np.random.set_state((str(n["kind"]), keys, int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"])))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state["cuda"] and torch.cuda.is_available():
+        cuda = [torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:  # another number of visible GPUs: restore this process's own device only
+            torch.cuda.set_rng_state(cuda[min(torch.cuda.current_device(), len(cuda) - 1)])
+
+
+def _check_rng_state(state: Any) -> None:
+    """Raises ValueError unless ``state`` has the shape :func:`_rng_state` writes."""
+    if not isinstance(state, dict) or {"python", "numpy", "torch", "cuda"} - set(state):
+        raise ValueError("expected the keys python, numpy, torch, cuda")
+    if len(state["python"]["state"]) != 625 or len(state["numpy"]["keys"]) != 624:
+        raise ValueError("the Mersenne Twister states have the wrong length")
+    if len(state["torch"]) != len(torch.get_rng_state()):
+        raise ValueError(f"the torch generator state has {len(state['torch'])} bytes, not {len(torch.get_rng_state())}")
+
+
+def resume_candidates(output_dir: str | os.PathLike, resume: str | os.PathLike | None) -> list[str]:
+    """The checkpoints a resume may use, in the order to try them: ``[]`` for None (and for ``"latest"`` while
+    ``output_dir`` has no complete checkpoint yet), every complete checkpoint newest first for ``"latest"`` (a damaged
+    one falls back to the one before), ``[resume]`` for a path (that one only). Raises like :func:`resolve_resume`."""
+    if resume is None:
+        return []
+    if str(resume) == "latest":
+        return [path for _, path in reversed(list_checkpoints(output_dir))]
+    return [resolve_resume(output_dir, resume)]
+
+
 def save_checkpoint(
     accelerator: Any,
     output_dir: str | os.PathLike,
     step: int,
     keep_last: int | None = 3,
-    **save_state_kwargs: Any,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    ema: Any = None,
+    trainer_state: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> str:
-    """Saves the full training state (``accelerator.save_state``) as ``output_dir/checkpoint-<step>``, atomically.
+    """Saves the full training state as ``output_dir/checkpoint-<step>``, atomically, in files that load without
+    running code.
 
-    Every process must call it (Accelerate saves per-process RNG states, and sharded models need all ranks). The main
-    process removes stale temporary folders, everyone writes into ``.tmp-checkpoint-<step>``, then the main process
-    writes the ``COMPLETE`` marker, renames the folder into place and deletes complete checkpoints older than the
-    newest ``keep_last``.
+    Every process must call it. The main process removes stale temporary folders; into ``.tmp-checkpoint-<step>`` it
+    writes ``model.safetensors``, ``optimizer.pt`` (tensors and plain values only, read back with
+    ``torch.load(weights_only=True)``), ``scheduler.json``, ``ema.safetensors`` and ``trainer_state.json`` (step, the
+    caller's ``trainer_state``, the EMA counters, the fp16 grad scaler); every process writes ``rng-<rank>.json``
+    (Python, NumPy, torch CPU and CUDA generator states). Then the main process writes the ``COMPLETE`` marker (step,
+    run id, and every file's size and SHA-256), renames the folder into place and deletes this run's complete
+    checkpoints older than the newest ``keep_last`` (those of another ``run_id`` are never deleted).
 
     Args:
-        accelerator: an ``accelerate.Accelerator`` without automatic checkpoint naming.
+        accelerator: an ``accelerate.Accelerator`` (single process or DDP; the model and optimizer state are
+            replicated, so the main process writes them).
         output_dir: folder holding the checkpoints.
         step: the global optimisation step, >= 0.
-        keep_last: how many complete checkpoints to keep (>= 1), or None to keep all.
-        **save_state_kwargs: passed to ``accelerator.save_state`` (e.g. ``safe_serialization``).
+        keep_last: how many complete checkpoints of this run to keep (>= 1), or None to keep all.
+        model, optimizer, scheduler, ema: what to save (a prepared model / optimizer / scheduler, an ``EMA``).
+        trainer_state: further JSON values of the loop (data position, counters).
+        run_id: the run the checkpoint belongs to, recorded in ``COMPLETE``.
 
     Returns:
         The path of the new checkpoint folder.
@@ -175,11 +279,8 @@ def save_checkpoint(
         raise ValueError(f"`step` must be a non-negative int, got {step!r}")
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"`keep_last` must be >= 1 or None, got {keep_last}")
-    if accelerator.project_configuration.automatic_checkpoint_naming:
-        raise ValueError(
-            "`accelerator` uses automatic_checkpoint_naming, which ignores the output folder; "
-            "build it with ProjectConfiguration(automatic_checkpoint_naming=False)"
-        )
+    if str(accelerator.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise ValueError(f"save_checkpoint supports one process or DDP, not {accelerator.distributed_type}")
     root = Path(output_dir)
     tmp_dir = root / f"{_TMP_PREFIX}checkpoint-{step}"
     final_dir = root / f"checkpoint-{step}"
@@ -188,20 +289,192 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         _clean_tmp(root, _TMP_PREFIX + "checkpoint-")
         _clean_tmp(root, _TMP_PREFIX + "old-checkpoint-")
+        tmp_dir.mkdir()
     accelerator.wait_for_everyone()
 
-    accelerator.save_state(str(tmp_dir), **save_state_kwargs)
+    model_state = _tensors_to_save(model, accelerator)
+    if accelerator.is_main_process:
+        from safetensors.torch import save_file
+
+        save_file(model_state, str(tmp_dir / MODEL_FILE), metadata={"format": "pt"})
+        state = {"step": step, **(trainer_state or {})}
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp_dir / OPTIMIZER_FILE)
+        if scheduler is not None:
+            _write_json(tmp_dir / SCHEDULER_FILE, scheduler.state_dict())
+        if ema is not None:
+            ema_state = ema.state_dict()
+            tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in ema_state.pop("model").items()}
+            save_file(tensors, str(tmp_dir / EMA_FILE), metadata={"format": "pt"})
+            state["ema"] = ema_state
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is not None:
+            state["grad_scaler"] = scaler.state_dict()
+        _write_json(tmp_dir / TRAINER_STATE_FILE, state)
+    _write_json(tmp_dir / _rng_file(accelerator.process_index), _rng_state())
     accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
-        _write_json(tmp_dir / COMPLETE_MARKER, {"step": step, "time": time.time()})
+        files = {
+            child.name: {"size": child.stat().st_size, "sha256": _sha256(child)}
+            for child in sorted(tmp_dir.iterdir())
+            if child.is_file()
+        }
+        marker = {"step": step, "time": time.time(), "run_id": run_id, "num_processes": accelerator.num_processes}
+        _write_json(tmp_dir / COMPLETE_MARKER, {**marker, "files": files})
         _fsync_dir(tmp_dir)
         _publish(tmp_dir, final_dir)
         if keep_last is not None:
-            for _, old in list_checkpoints(root)[:-keep_last]:
+            mine = [c for _, c in list_checkpoints(root) if (checkpoint_info(c) or {}).get("run_id") == run_id]
+            for old in mine[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return str(final_dir)
+
+
+def verify_checkpoint(path: str | os.PathLike, rank: int | None = None) -> dict[str, Any]:
+    """Checks a checkpoint folder before anything is read from it, and returns its ``COMPLETE`` marker.
+
+    Every file must be one a checkpoint of this package holds (``model.safetensors``, ``optimizer.pt``,
+    ``scheduler.json``, ``ema.safetensors``, ``trainer_state.json``, ``rng-<rank>.json``): anything else (a pickle of
+    an older Accelerate checkpoint, say) is refused, never opened. Every file the marker lists must be there with its
+    recorded size and SHA-256. With ``rank``, that process's RNG file must be there too.
+
+    Raises:
+        CheckpointError: naming the folder and the bad file.
+    """
+    folder = Path(path)
+    info = checkpoint_info(folder)
+    if info is None:
+        raise CheckpointError(f"{folder}: no readable {COMPLETE_MARKER} marker (an interrupted or foreign save)")
+    files = info.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(
+            f"{folder}/{COMPLETE_MARKER} lists no files: the checkpoint was written by an older version of the package "
+            "(Accelerate's pickled state), which is not loaded because unpickling can run code"
+        )
+    for child in sorted(folder.iterdir()):
+        if child.name == COMPLETE_MARKER:
+            continue
+        if not child.is_file() or not _allowed_file(child.name):
+            raise CheckpointError(
+                f"{child}: unexpected file in a checkpoint (expected only {sorted(CHECKPOINT_FILES)} and "
+                "rng-<rank>.json); it is not opened (it could be a pickle, and unpickling can run code)"
+            )
+        if child.name not in files:
+            raise CheckpointError(
+                f"{child}: not listed in {COMPLETE_MARKER}, so it was not written with the checkpoint"
+            )
+    if MODEL_FILE not in files or TRAINER_STATE_FILE not in files:
+        raise CheckpointError(f"{folder}: {COMPLETE_MARKER} lists no {MODEL_FILE} or {TRAINER_STATE_FILE}")
+    if rank is not None and _rng_file(rank) not in files:
+        raise CheckpointError(f"{folder}: no {_rng_file(rank)} for process {rank} (saved by {len(files)} files)")
+    for name, meta in files.items():
+        if not _allowed_file(name):
+            raise CheckpointError(f"{folder}/{COMPLETE_MARKER} lists an unexpected file {name!r}")
+        file = folder / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing (listed in {COMPLETE_MARKER})")
+        size = file.stat().st_size
+        if size != meta.get("size"):
+            raise CheckpointError(f"{file}: {size} bytes, but {meta.get('size')} were written (truncated or changed)")
+        if _sha256(file) != meta.get("sha256"):
+            raise CheckpointError(f"{file}: its SHA-256 differs from the one written (the file is corrupt or changed)")
+    return info
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: not readable JSON ({err})") from None
+
+
+def read_checkpoint(path: str | os.PathLike, rank: int = 0) -> dict[str, Any]:
+    """Verifies (:func:`verify_checkpoint`) and reads a checkpoint into CPU memory, without changing any object.
+
+    Returns:
+        ``{"path", "info", "model", "optimizer", "scheduler", "ema", "trainer_state", "rng"}`` (absent parts None).
+
+    Raises:
+        CheckpointError: naming the file that failed.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    info = verify_checkpoint(folder, rank)
+    files = info["files"]
+    out: dict[str, Any] = {"path": str(folder), "info": info}
+
+    def tensors(name: str) -> dict[str, torch.Tensor] | None:
+        if name not in files:
+            return None
+        try:
+            return load_file(str(folder / name))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{folder / name}: not a readable safetensors file ({err})") from None
+
+    out["model"] = tensors(MODEL_FILE)
+    out["ema"] = tensors(EMA_FILE)
+    out["optimizer"] = None
+    if OPTIMIZER_FILE in files:
+        try:  # weights_only: tensors, numbers, strings, lists, dicts; any other object is refused, never built
+            out["optimizer"] = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001  (torch raises UnpicklingError, RuntimeError, EOFError, ...)
+            raise CheckpointError(f"{folder / OPTIMIZER_FILE}: not loadable with weights_only=True ({err})") from None
+    out["scheduler"] = _read_json(folder / SCHEDULER_FILE) if SCHEDULER_FILE in files else None
+    out["trainer_state"] = _read_json(folder / TRAINER_STATE_FILE)
+    out["rng"] = _read_json(folder / _rng_file(rank))
+    try:
+        _check_rng_state(out["rng"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{folder / _rng_file(rank)}: not an RNG state of this package ({err})") from None
+    return out
+
+
+def apply_checkpoint(
+    loaded: Mapping[str, Any],
+    accelerator: Any,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    ema: Any = None,
+) -> dict[str, Any]:
+    """Restores what :func:`read_checkpoint` read into the training objects and this process's random generators;
+    returns the ``trainer_state`` dict.
+
+    Raises:
+        CheckpointError: a part is missing or does not fit its object (naming the file).
+    """
+    folder = Path(loaded["path"])
+    try:
+        accelerator.unwrap_model(model).load_state_dict(loaded["model"], strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{folder / MODEL_FILE} does not fit the model: {err}") from None
+    state = loaded["trainer_state"]
+    for obj, key, name in ((optimizer, "optimizer", OPTIMIZER_FILE), (scheduler, "scheduler", SCHEDULER_FILE)):
+        if obj is None:
+            continue
+        if loaded[key] is None:
+            raise CheckpointError(f"{folder}: no {name}, but the run has a {key}")
+        try:
+            obj.load_state_dict(loaded[key])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(f"{folder / name} does not fit the {key}: {err}") from None
+    if ema is not None:
+        if loaded["ema"] is None or "ema" not in state:
+            raise CheckpointError(f"{folder}: no {EMA_FILE}, but the run uses EMA")
+        try:
+            ema.load_state_dict({**state["ema"], "model": loaded["ema"]})
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{folder / EMA_FILE} does not fit the EMA model: {err}") from None
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and "grad_scaler" in state:
+        scaler.load_state_dict(state["grad_scaler"])
+    _set_rng_state(loaded["rng"])
+    return state
 
 
 def _tensors_to_save(obj: nn.Module | Mapping[str, torch.Tensor], accelerator: Any) -> dict[str, torch.Tensor]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["PAPER_LR_SCHEDULES", "all_grads_finite", "build_optimizer", "build_scheduler"]
+__all__ = ["LR_SCHEDULERS", "PAPER_LR_SCHEDULES", "all_grads_finite", "build_optimizer", "build_scheduler"]
 
 # StepLR (step_size, gamma), stepped every iteration: objects x0.8 every 20k iterations, scenes x0.9 every 10k
 PAPER_LR_SCHEDULES: dict[str, tuple[int, float]] = {"object": (20_000, 0.8), "scene": (10_000, 0.9)}
@@ -47,19 +48,75 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, step_size: int, gamma: float) -> torch.optim.lr_scheduler.StepLR:
-    """``StepLR`` multiplying every group's lr by ``gamma`` every ``step_size`` calls of ``scheduler.step()``; call
-    it once per iteration (see ``PAPER_LR_SCHEDULES``).
+LR_SCHEDULERS = ("step", "cosine", "constant")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    step_size: int = 20_000,
+    gamma: float = 0.8,
+    *,
+    schedule: str = "step",
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+    min_lr: float = 0.0,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule, stepped once per optimizer step (iteration).
+
+    - ``"step"``: ``StepLR`` multiplying every group's lr by ``gamma`` every ``step_size`` calls (the paper, see
+      ``PAPER_LR_SCHEDULES``); ``warmup_steps`` must be 0.
+    - ``"cosine"``: linear warm-up, then a half cosine from each group's lr down to ``min_lr``, reached after step
+      ``total_steps``.
+    - ``"constant"``: linear warm-up, then each group's lr.
+
+    Warm-up: the ``k``-th step (``k`` = 1 .. ``warmup_steps``) uses ``lr * k / warmup_steps``, so the last warm-up step
+    reaches the full lr and no step has lr 0. Cosine, for step ``k > warmup_steps``:
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * (k - 1 - warmup_steps) / (total_steps - warmup_steps))) / 2``
+    (SGDR's annealing, Loshchilov & Hutter 2017, without restarts), so the first step after warm-up has the full lr.
 
     With Accelerate: a scheduler passed through ``accelerator.prepare`` steps ``num_processes`` times per call (it
-    assumes the per-process batch was not split), which would decay the lr ``num_processes`` times too early for the
-    paper's per-iteration schedule. Build the Accelerator with ``step_scheduler_with_optimizer=False`` (then one call
+    assumes the per-process batch was not split), which would decay the lr ``num_processes`` times too early for a
+    per-iteration schedule. Build the Accelerator with ``step_scheduler_with_optimizer=False`` (then one call
     is one step) or keep the scheduler out of ``prepare``."""
-    if step_size < 1:
-        raise ValueError(f"`step_size` must be >= 1, got {step_size}")
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"`gamma` must be in (0, 1], got {gamma}")
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+    if schedule not in LR_SCHEDULERS:
+        raise ValueError(f"`schedule` must be one of {list(LR_SCHEDULERS)}, got {schedule!r}")
+    if warmup_steps < 0:
+        raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}")
+    if schedule == "step":
+        if step_size < 1:
+            raise ValueError(f"`step_size` must be >= 1, got {step_size}")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"`gamma` must be in (0, 1], got {gamma}")
+        if warmup_steps:
+            raise ValueError("`warmup_steps` needs the 'cosine' or 'constant' schedule; 'step' has no warm-up")
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+    if schedule == "cosine":
+        if total_steps is None or total_steps <= warmup_steps:
+            raise ValueError(f"`total_steps` must be > warmup_steps ({warmup_steps}) for 'cosine', got {total_steps}")
+        if min_lr < 0:
+            raise ValueError(f"`min_lr` must be >= 0, got {min_lr}")
+
+    def warmup(index: int) -> float | None:  # index = completed scheduler steps = (1-based step) - 1
+        return (index + 1) / warmup_steps if index < warmup_steps else None
+
+    def constant(index: int) -> float:
+        factor = warmup(index)
+        return 1.0 if factor is None else factor
+
+    def cosine_for(base_lr: float):
+        floor = min(min_lr / base_lr, 1.0) if base_lr > 0 else 0.0
+
+        def cosine(index: int) -> float:
+            factor = warmup(index)
+            if factor is not None:
+                return factor
+            progress = min((index - warmup_steps) / (total_steps - warmup_steps), 1.0)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        return cosine
+
+    lambdas = [constant if schedule == "constant" else cosine_for(g["lr"]) for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 @torch.no_grad()
