@@ -24,6 +24,8 @@ from unipre3d_hf.training.finetune import (
 )
 
 XYZ = List(List(Value("float32"), length=3))
+TINY_TRANSFORMER = {"num_groups": 8, "group_size": 8, "encoder_dims": 16, "hidden_size": 16, "num_hidden_layers": 1,
+                    "num_attention_heads": 2}  # fmt: skip
 TINY_SPUNET = {"base_channels": 8, "channels": [8, 16, 16, 16, 16, 16, 8, 8], "layers": [1] * 8}
 
 
@@ -163,7 +165,7 @@ def test_part_segmentation_end_to_end(tmp_path):
               "validation": Dataset.from_list(rows(4), PART_SEGMENTATION_FEATURES)}  # fmt: skip
     folder = _write(splits, tmp_path / "parts")
     history = main(tiny(tmp_path, folder, task="part_segmentation", mode="scratch", backbone_type="point_transformer",
-                        backbone={"num_groups": 8, "group_size": 8}, normalize="none", augment="none"))  # fmt: skip
+                        backbone=TINY_TRANSFORMER, normalize="none", augment="none"))  # fmt: skip
     final = history["final"]
     assert 0.0 <= final["val/instance_mIoU"] <= 1.0 and 0.0 <= final["val/class_mIoU"] <= 1.0
     per_class = json.loads((tmp_path / "run" / "metrics.json").read_text())["per_class"]
