@@ -378,7 +378,7 @@ def write_dataset_card(
     if loading is None:
         loading = (
             "```python\nfrom unipre3d_hf.data import load_pretraining_dataset\n"
-            f'ds = load_pretraining_dataset("{load_path}", split="{next(iter(splits))}")            # or streaming=True\n'
+            f'ds = load_pretraining_dataset("{load_path}", split="{next(iter(splits))}")  # or streaming=True\n'
             f'# plain datasets works too: datasets.load_dataset("{load_path}")\n```'
         )
     body = (
