@@ -7,6 +7,10 @@
     python scripts/build_dataset.py sweethome3d --out data/sweethome3d          # needs sweethome3d-furniture, trimesh
     python scripts/build_dataset.py scannet --points-root /data/scannet_pointcept --frames-root /data/scannet_2d \\
         --out data/scannet
+    python scripts/build_dataset.py modelnet40 --root /data/modelnet40_normal_resampled --out data/modelnet40
+    python scripts/build_dataset.py scanobjectnn --root /data/h5_files --variant PB_T50_RS --out data/scanobjectnn
+    python scripts/build_dataset.py shapenet-part --root /data/shapenetcore_partanno_segmentation_benchmark_v0_normal
+    python scripts/build_dataset.py scannet200 --root /data/pointcept/scannet --out data/scannet200  # s3dis, scannet20
 
 Each subcommand shows a progress bar and prints a summary: rows written per split, frames/views dropped, rows skipped
 and why. An existing output folder is kept unless ``--overwrite`` is given; the new set is built beside it and
@@ -21,6 +25,13 @@ import sys
 
 from unipre3d_hf.data import build_objects_mini, build_scenes_mini, convert_scannet, convert_shapenet
 from unipre3d_hf.data.sweethome3d import DEFAULT_SOURCE, build_sweethome3d
+from unipre3d_hf.data.downstream import (
+    SCANOBJECTNN_VARIANTS,
+    convert_modelnet40,
+    convert_pointcept_scenes,
+    convert_scanobjectnn,
+    convert_shapenet_part,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,6 +92,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--voxel-size", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
 
+    # downstream sets (fine-tuning); each refuses an existing --out unless --overwrite
+    p = sub.add_parser("modelnet40", help="ModelNet40: modelnet40_normal_resampled (txt) or modelnet40_ply_hdf5_2048")
+    p.add_argument("--root", required=True)
+    p.add_argument("--out", default=os.path.join("data", "modelnet40"))
+    p.add_argument("--layout", choices=["txt", "h5"], default=None, help="default: read from the folder")
+    p.add_argument("--max-points", type=int, default=None, help="keep the first N points of each txt shape")
+    p = sub.add_parser("scanobjectnn", help="ScanObjectNN h5_files (OBJ_BG / OBJ_ONLY / PB_T50_RS)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--variant", choices=sorted(SCANOBJECTNN_VARIANTS), default="PB_T50_RS")
+    p.add_argument("--out", default=None, help="default: data/scanobjectnn-<variant>")
+    p = sub.add_parser("shapenet-part", help="ShapeNetPart (..._benchmark_v0_normal)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--out", default=os.path.join("data", "shapenet-part"))
+    for name in ("s3dis", "scannet20", "scannet200"):
+        p = sub.add_parser(name, help=f"{name} semantic labels in Pointcept's preprocessed layout")
+        p.add_argument("--root", required=True)
+        p.add_argument("--out", default=os.path.join("data", name))
+        p.add_argument("--segment-file", default=None, help="label file stem (default segment / segment20 / 200)")
+        p.add_argument("--validation-area", type=int, default=5, help="S3DIS: the held-out area")
     for name, p in sub.choices.items():  # every subcommand: never replace an existing set unless asked
         p.add_argument(
             "--overwrite",
@@ -99,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
             print(summary.format())
         print(f"written to {os.path.abspath(args.out)}")
         return
+    if args.command == "scanobjectnn" and args.out is None:
+        args.out = os.path.join("data", f"scanobjectnn-{args.variant}")
     if args.command == "objects-mini":
         summary = build_objects_mini(
             args.out, args.objects, args.poses, args.views, args.image_size, args.points, args.seed,
@@ -114,6 +146,16 @@ def main(argv: list[str] | None = None) -> None:
             args.root, args.out, args.seed, args.min_views, args.max_objects, args.default_fov_deg,
             overwrite=args.overwrite,
         )  # fmt: skip
+    elif args.command == "modelnet40":
+        summary = convert_modelnet40(args.root, args.out, args.layout, args.max_points, args.overwrite)
+    elif args.command == "scanobjectnn":
+        summary = convert_scanobjectnn(args.root, args.out, args.variant, args.overwrite)
+    elif args.command == "shapenet-part":
+        summary = convert_shapenet_part(args.root, args.out, args.overwrite)
+    elif args.command in ("s3dis", "scannet20", "scannet200"):
+        summary = convert_pointcept_scenes(
+            args.root, args.out, args.command, args.segment_file, args.validation_area, args.overwrite
+        )
     else:
         summary = convert_scannet(
             args.points_root, args.frames_root, args.out, args.width, args.height, args.frame_skip, args.min_frames,

@@ -179,6 +179,58 @@ def test_bad_labels_and_inputs_raise_clear_errors():
         AutoModelForPointCloudSegmentation.from_config(scene)(coords=torch.rand(10, 3), features=torch.rand(10, 6))
 
 
+def test_problem_types_pick_the_loss_as_transformers_does():
+    points = make_points(3, NUM_POINTS, seed=4)
+    config = OBJECT_BACKBONES["pointmlp"]()
+    config.num_labels = 4
+    model = AutoModelForPointCloudClassification.from_config(config)
+    targets = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]])
+    out = model(points, labels=targets)  # integer [B, num_labels] labels: multi label (as transformers infers)
+    assert model.config.problem_type == "multi_label_classification"
+    torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets.float()))
+    out.loss.backward()
+    with pytest.raises(ValueError, match=r"multi-label `labels` must have shape \[3, 4\]"):
+        model(points, labels=torch.tensor([0, 1, 2]))
+
+    config = OBJECT_BACKBONES["pointmlp"]()
+    config.num_labels = 1
+    model = AutoModelForPointCloudClassification.from_config(config)
+    values = torch.tensor([0.5, -1.0, 2.0])
+    out = model(points, labels=values)
+    assert model.config.problem_type == "regression" and out.logits.shape == (3, 1)
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits[:, 0], values))
+
+    config = OBJECT_BACKBONES["pointmlp"]()
+    config.num_labels, config.problem_type = 2, "regression"
+    model = AutoModelForPointCloudClassification.from_config(config)
+    with pytest.raises(ValueError, match=r"regression `labels` must have shape \[3, 2\]"):
+        model(points, labels=values)
+    model.config.problem_type = "ordinal"
+    with pytest.raises(ValueError, match="`problem_type` must be one of"):
+        model(points, labels=values)
+
+
+@pytest.mark.parametrize("name", ["pointmlp", "sparse_unet"])
+def test_segmentation_loss_is_zero_without_gradient_when_every_label_is_ignored(name):
+    config = BACKBONES[name]()
+    config.num_labels = 3
+    model = AutoModelForPointCloudSegmentation.from_config(config)
+    inputs, shape = seg_inputs(name)
+    out = model(**inputs, labels=torch.full(shape, -1))
+    assert out.loss.item() == 0.0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(not g.any() for g in grads)
+
+
+@pytest.mark.parametrize("model_class", SEGMENTATION_MODELS + CLASSIFICATION_MODELS)
+def test_main_input_name_is_the_first_argument_of_forward(model_class):
+    import inspect
+
+    first = list(inspect.signature(model_class.forward).parameters)[1]
+    assert model_class.main_input_name == first
+
+
 # ------------------------------------------------------------------------------------------ losses on real data
 @pytest.fixture(scope="module")
 def objects_mini(tmp_path_factory):

@@ -5,6 +5,13 @@ Importing this package never imports pybullet or trimesh (only the builders need
 """
 
 from .collators import CorruptSampleError, ObjectPretrainingCollator, ScenePretrainingCollator, decode_image
+from .downstream import (
+    PART_SEGMENTATION_FEATURES,
+    convert_modelnet40,
+    convert_pointcept_scenes,
+    convert_scanobjectnn,
+    convert_shapenet_part,
+)
 from .geometry import unproject_depth_to_world
 from .mini import OBJECT_MESHES, SCENE_CLASSES, build_objects_mini, build_scenes_mini, load_mini_dataset
 from .rows import EpochSampler, NumpyRows, SeededRows, arrow_value_to_numpy
@@ -46,6 +53,11 @@ __all__ = [
     "OBJECT_MESHES",
     "SCENE_CLASSES",
     "convert_shapenet",
+    "convert_modelnet40",
+    "convert_scanobjectnn",
+    "convert_shapenet_part",
+    "convert_pointcept_scenes",
+    "PART_SEGMENTATION_FEATURES",
     "list_shapenet_objects",
     "read_shapenet_object",
     "shapenet_split",

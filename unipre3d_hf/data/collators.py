@@ -140,7 +140,9 @@ class _BaseCollator:
     def _prepare_all(self, rows: list[dict]) -> list[dict]:
         if not isinstance(rows, (list, tuple)) or not rows:
             raise ValueError("the collator takes a non-empty list of dataset rows")
-        rng = self._generator()
+        # draw from torch's RNG only for rows without their own seed: drawing it for seeded rows would shift the
+        # training's random stream (dropout) by whether a batch was collated before or after a checkpoint
+        rng = self._generator() if any(row.get(SAMPLE_SEED_KEY) is None for row in rows) else None
         samples = []
         for i, row in enumerate(rows):
             sid = str(row.get("id", f"<row {i} of the batch>"))

@@ -341,6 +341,7 @@ def write_dataset_card(
     description: str,
     tags: Iterable[str] = (),
     extra_yaml: dict | None = None,
+    loading: str | None = None,
     load_path: str | None = None,
 ) -> str:
     """Write ``<out_dir>/README.md``: a YAML header (licence, configs/data files, features, split sizes) and a body.
@@ -348,7 +349,8 @@ def write_dataset_card(
     ``description`` is Markdown (provenance, how the set was built, the command). Splits without rows have no shard
     and are left out of the card (``datasets`` can't load a split without files). ``load_path`` is the path the card's
     loading snippet shows (default ``out_dir``; pass the final folder when ``out_dir`` is a build folder of
-    :func:`dataset_output`). Returns the card's path.
+    :func:`dataset_output`). ``loading`` (Markdown) replaces the default "Loading" snippet (the pre-training
+    loader). Returns the card's path.
     """
     load_path = out_dir if load_path is None else load_path
     splits = {s: n for s, n in splits.items() if n > 0}
@@ -373,11 +375,14 @@ def write_dataset_card(
     }
     if extra_yaml:
         header.update(extra_yaml)
+    if loading is None:
+        loading = (
+            "```python\nfrom unipre3d_hf.data import load_pretraining_dataset\n"
+            f'ds = load_pretraining_dataset("{load_path}", split="{next(iter(splits))}")  # or streaming=True\n'
+            f'# plain datasets works too: datasets.load_dataset("{load_path}")\n```'
+        )
     body = (
-        f"# {pretty_name}\n\n{description.strip()}\n\n"
-        "## Loading\n\n```python\nfrom unipre3d_hf.data import load_pretraining_dataset\n"
-        f'ds = load_pretraining_dataset("{load_path}", split="{next(iter(splits))}")            # or streaming=True\n'
-        f'# plain datasets works too: datasets.load_dataset("{load_path}")\n```\n\n'
+        f"# {pretty_name}\n\n{description.strip()}\n\n## Loading\n\n{loading.strip()}\n\n"
         f"Card written {datetime.date.today().isoformat()} by `unipre3d_hf`.\n"
     )
     path = os.path.join(out_dir, "README.md")

@@ -22,7 +22,9 @@ reference section 9):
 
 Head settings are read from the backbone config when present (transformers' configs keep unknown keyword arguments):
 ``classifier_hidden_sizes``, ``classifier_dropout`` (0.5), ``label_smoothing`` (0.0) and ``segmentation_ignore_index``
-(-1, the datasets' "unlabelled"). ``num_labels`` / ``id2label`` / ``label2id`` are transformers' own fields.
+(-1, the datasets' "unlabelled"), ``segmentation_num_categories`` (0; ShapeNetPart: 16, the object category one-hot
+that part segmentation feeds to the head, as Point-MAE's ``label_conv``: ``Conv1d(16, 64) + BN + LeakyReLU(0.2)``,
+concatenated to every point's feature). ``num_labels`` / ``id2label`` / ``label2id`` are transformers' own fields.
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ def head_settings(config) -> dict:
         "classifier_dropout": float(getattr(config, "classifier_dropout", 0.5)),
         "label_smoothing": float(getattr(config, "label_smoothing", 0.0)),
         "segmentation_ignore_index": int(getattr(config, "segmentation_ignore_index", -1)),
+        "segmentation_num_categories": int(getattr(config, "segmentation_num_categories", 0)),
     }
+    if settings["segmentation_num_categories"] < 0:
+        raise ValueError(f"`segmentation_num_categories` must be >= 0, got {settings['segmentation_num_categories']}")
     if not 0.0 <= settings["classifier_dropout"] < 1.0:
         raise ValueError(f"`classifier_dropout` must be in [0, 1), got {settings['classifier_dropout']}")
     if any(int(h) < 1 for h in settings["classifier_hidden_sizes"]):
@@ -95,7 +100,8 @@ def _cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, ignore_index: int | None = None
 ) -> torch.Tensor:
     """Cross-entropy of ``logits [..., num_labels]`` against ``labels [...]`` (class indices, or ``ignore_index``
-    for items left out), after checking the labels' shape, dtype and range."""
+    for items left out), after checking the labels' shape, dtype and range. When every label is ignored the loss is
+    0 with a zero gradient (``F.cross_entropy`` would give 0 / 0 = NaN), as transformers' losses do."""
     shape, num_labels = tuple(logits.shape[:-1]), logits.shape[-1]
     if labels.shape != shape or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(
@@ -106,10 +112,51 @@ def _cross_entropy(
     if (kept & ((labels < 0) | (labels >= num_labels))).any():
         allowed = f"[0, {num_labels})" + (f" or be {ignore_index} (ignored)" if ignore_index is not None else "")
         raise ValueError(f"`labels` must lie in {allowed}, got {labels.unique().tolist()}")
+    if not kept.any():
+        return logits.float().sum() * 0.0
     return F.cross_entropy(
         logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100 if ignore_index is None else ignore_index,
         label_smoothing=label_smoothing,
     )  # fmt: skip
+
+
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """The loss of ``config.problem_type``, inferred on first use as transformers' ``...ForImageClassification``
+    does (``num_labels == 1``: regression; integer labels: single label; else multi label) and stored in the config.
+
+    - ``single_label_classification``: ``labels [B]`` integer class indices; cross-entropy (with label smoothing).
+    - ``multi_label_classification``: ``labels [B, num_labels]`` 0/1 (float or int); ``BCEWithLogitsLoss``.
+    - ``regression``: ``labels [B]`` (``num_labels == 1``) or ``[B, num_labels]`` floats; ``MSELoss``.
+    """
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif not labels.dtype.is_floating_point and labels.dtype != torch.bool and labels.dim() == 1:
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"`problem_type` must be one of {PROBLEM_TYPES} or None, got {config.problem_type!r}")
+    if config.problem_type == "single_label_classification":
+        return _cross_entropy(logits, labels, label_smoothing)
+    labels = labels.to(logits.device)
+    if config.problem_type == "regression":
+        if config.num_labels == 1 and labels.shape == logits.shape[:1]:
+            labels = labels[:, None]
+        if labels.shape != logits.shape:
+            raise ValueError(f"regression `labels` must have shape {list(logits.shape)}, got {list(labels.shape)}")
+        return F.mse_loss(logits.float(), labels.float())
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"multi-label `labels` must have shape {list(logits.shape)} (one 0/1 per class), got {list(labels.shape)}"
+        )
+    labels = labels.float()
+    if ((labels < 0) | (labels > 1)).any():
+        raise ValueError("multi-label `labels` must lie in [0, 1]")
+    return F.binary_cross_entropy_with_logits(logits.float(), labels)
 
 
 class _TaskModel:
@@ -151,7 +198,9 @@ class _PointCloudClassification(_TaskModel):
         r"""
         Args:
             points: ``[B, N, 3]`` xyz; features: optional ``[B, N, C]`` (as the backbone takes them).
-            labels: optional ``[B]`` class indices in ``[0, num_labels)``; cross-entropy (with ``label_smoothing``).
+            labels: optional; by ``config.problem_type`` (see :func:`classification_loss`): ``[B]`` class indices
+                in ``[0, num_labels)`` (cross-entropy with ``label_smoothing``), ``[B, num_labels]`` 0/1 targets
+                (multi-label, BCE with logits) or float targets (regression, MSE).
         Returns:
             ``PointCloudClassifierOutput(loss, logits [B, num_labels], hidden_states)``.
         """
@@ -160,7 +209,7 @@ class _PointCloudClassification(_TaskModel):
         logits = self.classifier(_global_feature(self.config, out))
         loss = None
         if labels is not None:
-            loss = _cross_entropy(logits, labels, self.head_config["label_smoothing"])
+            loss = classification_loss(self.config, logits, labels, self.head_config["label_smoothing"])
         output = PointCloudClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
         return output if return_dict else output.to_tuple()
 
@@ -170,15 +219,34 @@ class _PointCloudSegmentation(_TaskModel):
 
     def build_head(self, config) -> None:
         self.is_scene = config.fusion_point == "early"  # the scene backbones voxelize packed clouds
+        self.num_categories = 0 if self.is_scene else self.head_config["segmentation_num_categories"]
         self.per_patch = config.model_type in _CLS_TOKEN_MODELS  # one token per patch: interpolate to the points
         if self.is_scene:
             self.segmenter = nn.Linear(config.hidden_size, config.num_labels)  # Pointcept's seg_head
         else:
             width = config.hidden_size + (_global_width(config) if self.per_patch else 0)
+            if self.num_categories:
+                self.category_embed = nn.Sequential(
+                    nn.Linear(self.num_categories, 64, bias=False), nn.BatchNorm1d(64), nn.LeakyReLU(0.2)
+                )
+                width += 64
             self.segmenter = MLPHead(
                 width, self.head_config["classifier_hidden_sizes"][-1:], config.num_labels,
                 self.head_config["classifier_dropout"],
             )  # fmt: skip
+
+    def _category_feature(self, category: torch.Tensor | None, per_point: torch.Tensor) -> torch.Tensor:
+        """``[B, N, 64]``: the embedded one-hot object category, repeated for every point."""
+        b, n = per_point.shape[:2]
+        if category is None:
+            raise ValueError(f"`category` [B] is required: the head was built with {self.num_categories} categories")
+        category = torch.as_tensor(category, device=per_point.device)
+        if category.shape != (b,) or category.is_floating_point() or (category < 0).any():
+            raise ValueError(f"`category` must be [{b}] integer indices, got {category.dtype} {list(category.shape)}")
+        if (category >= self.num_categories).any():
+            raise ValueError(f"`category` must lie in [0, {self.num_categories}), got {category.tolist()}")
+        one_hot = F.one_hot(category.long(), self.num_categories).to(per_point.dtype)
+        return self.category_embed(one_hot)[:, None].expand(b, n, -1)
 
     def forward(
         self,
@@ -187,6 +255,7 @@ class _PointCloudSegmentation(_TaskModel):
         offsets: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         coords: torch.Tensor | None = None,
+        category: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> PointCloudSegmenterOutput | tuple:
@@ -197,6 +266,8 @@ class _PointCloudSegmentation(_TaskModel):
                 counts (``points`` is accepted as a synonym of ``coords``).
             labels: optional per-point class indices, ``[B, N]`` (objects) or ``[P]`` (scenes), with
                 ``segmentation_ignore_index`` (-1) for unlabelled points; cross-entropy over the labelled points.
+            category: ``[B]`` object category indices, required when ``segmentation_num_categories > 0`` (part
+                segmentation).
         Returns:
             ``PointCloudSegmenterOutput(loss, logits, hidden_states)``, logits ``[B, N, num_labels]`` (objects) or
             ``[P, num_labels]`` (scenes, every point the logits of its voxel).
@@ -217,6 +288,8 @@ class _PointCloudSegmentation(_TaskModel):
                 per_point = three_nn_interpolate(points, out.anchor_points, out.last_hidden_state)
                 global_feature = _global_feature(self.config, out)[:, None].expand(-1, points.shape[1], -1)
                 per_point = torch.cat([per_point, global_feature], dim=-1)
+            if self.num_categories:
+                per_point = torch.cat([per_point, self._category_feature(category, per_point)], dim=-1)
             logits = self.segmenter(per_point.flatten(0, 1)).unflatten(0, per_point.shape[:2])  # [B, N, num_labels]
         loss = None
         if labels is not None:
@@ -261,10 +334,12 @@ class PCMForPointCloudSegmentation(_PointCloudSegmentation, PCMPreTrainedModel):
 
 class SparseUNetForPointCloudSegmentation(_PointCloudSegmentation, SparseUNetPreTrainedModel):
     backbone_class = SparseUNetModel
+    main_input_name = "points"  # forward's first argument (the packed coords; `coords=` is accepted too)
 
 
 class PTv3ForPointCloudSegmentation(_PointCloudSegmentation, PTv3PreTrainedModel):
     backbone_class = PTv3Model
+    main_input_name = "points"  # forward's first argument (the packed coords; `coords=` is accepted too)
 
 
 CLASSIFICATION_MODELS = (
@@ -296,6 +371,8 @@ __all__ = [
     "PointTransformerForPointCloudSegmentation",
     "SEGMENTATION_MODELS",
     "SparseUNetForPointCloudSegmentation",
+    "PROBLEM_TYPES",
+    "classification_loss",
     "head_settings",
 ]
 

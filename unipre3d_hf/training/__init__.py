@@ -26,7 +26,20 @@ from .checkpointing import (
 from .ema import EMA, ema_decay
 from .loop import TrainingArguments, TrainingTask, lock_output_dir, run_training, weights_checksum
 from .losses import RECONSTRUCTION_LOSSES, LPIPSLoss, foreground_mask, reconstruction_loss
-from .metrics import ViewMetricAccumulator, accuracy, confusion_matrix, iou_per_class, mean_iou, psnr, ssim
+from .metrics import (
+    ViewMetricAccumulator,
+    accuracy,
+    classification_scores,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+    part_segmentation_scores,
+    predict_parts,
+    psnr,
+    segmentation_scores,
+    shape_part_iou,
+    ssim,
+)
 from .optim import LR_SCHEDULERS, PAPER_LR_SCHEDULES, all_grads_finite, build_optimizer, build_scheduler
 from .tracking import JSONLinesTracker, build_trackers, to_json_value
 from .visualization import save_render_grid
@@ -49,7 +62,12 @@ __all__ = [
     "build_scheduler",
     "build_trackers",
     "checkpoint_info",
+    "classification_scores",
     "confusion_matrix",
+    "part_segmentation_scores",
+    "predict_parts",
+    "segmentation_scores",
+    "shape_part_iou",
     "ema_decay",
     "foreground_mask",
     "iou_per_class",

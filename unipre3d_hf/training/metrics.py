@@ -1,4 +1,5 @@
-"""Evaluation metrics: PSNR and SSIM per image, a per-view accumulator for rendered views, accuracy and mean IoU.
+"""Evaluation metrics: PSNR and SSIM per image, a per-view accumulator for rendered views, accuracy and mean IoU, and
+the downstream scores (OA / mAcc, Pointcept's mIoU / mAcc / allAcc, ShapeNetPart class and instance mIoU).
 
 Image metrics follow the paper's ``eval.evaluate_dataset`` (method reference, section 7.3): PSNR on the unclamped
 render, SSIM with an 11x11 Gaussian window (sigma 1.5, C1 = 0.01^2, C2 = 0.03^2) averaged over its map, views whose
@@ -19,10 +20,15 @@ from .losses import foreground_mask
 __all__ = [
     "ViewMetricAccumulator",
     "accuracy",
+    "classification_scores",
     "confusion_matrix",
     "iou_per_class",
     "mean_iou",
+    "part_segmentation_scores",
+    "predict_parts",
     "psnr",
+    "segmentation_scores",
+    "shape_part_iou",
     "ssim",
 ]
 
@@ -290,6 +296,7 @@ def confusion_matrix(
 
     Matrices of several batches or processes add up (``accelerator.reduce(cm, "sum")``).
     """
+    pred, labels = torch.as_tensor(pred), torch.as_tensor(labels)  # NumPy arrays and lists too
     if pred.shape != labels.shape:
         raise ValueError(f"`pred` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(pred.shape)}")
     if pred.is_floating_point() or labels.is_floating_point():
@@ -321,3 +328,120 @@ def mean_iou(pred: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_
     tensor; NaN when no class is present."""
     iou = iou_per_class(confusion_matrix(pred, labels, num_classes, ignore_index))
     return iou.nanmean()
+
+
+# ---------------------------------------------------------------------------------------------- downstream metrics
+def _indices(name: str, value) -> torch.Tensor:
+    """A NumPy array, list or tensor of integer class indices as a CPU int64 tensor (arg-max of logits first)."""
+    tensor = torch.as_tensor(value)
+    if tensor.is_floating_point() or tensor.dtype == torch.bool:
+        raise ValueError(f"`{name}` must hold integer class indices (arg-max of logits), got {tensor.dtype}")
+    return tensor.detach().cpu().long()
+
+
+def segmentation_scores(confusion) -> dict[str, object]:
+    """Pointcept's semantic segmentation scores from a confusion matrix ``[C, C]`` (rows: truth, columns: prediction).
+
+    Returns ``{"mIoU", "mAcc", "allAcc"}`` as floats and ``"iou_per_class"`` / ``"acc_per_class"`` as lists of C
+    floats (NaN for a class absent from the labels, and, for IoU, from the predictions too). As Pointcept's
+    ``SemSegEvaluator`` (intersection / union and intersection / target per class): mIoU and mAcc average the classes
+    present, allAcc is the fraction of labelled points predicted right. Empty matrices give NaN.
+    """
+    confusion = torch.as_tensor(confusion).to(torch.float64)
+    iou = iou_per_class(confusion)
+    tp, target = confusion.diagonal(), confusion.sum(dim=1)
+    acc = torch.where(target > 0, tp / target.clamp(min=1), torch.full_like(tp, math.nan))
+    total = confusion.sum()
+    return {
+        "mIoU": float(iou.nanmean()),
+        "mAcc": float(acc.nanmean()),
+        "allAcc": float(tp.sum() / total) if total > 0 else math.nan,
+        "iou_per_class": iou.tolist(),
+        "acc_per_class": acc.tolist(),
+    }
+
+
+def classification_scores(pred, labels, num_classes: int) -> dict[str, object]:
+    """Overall accuracy (OA) and mean class accuracy (mAcc, the mean over classes present in ``labels`` of the
+    fraction of their samples predicted right), as the ScanObjectNN / ModelNet40 tables report them.
+
+    Args:
+        pred, labels: ``[N]`` integer class indices (NumPy arrays, lists or tensors).
+    Returns:
+        ``{"accuracy", "mean_class_accuracy", "acc_per_class" (C floats, NaN for a class with no sample),
+        "confusion_matrix" (C x C nested lists)}``.
+    """
+    pred, labels = _indices("pred", pred), _indices("labels", labels)
+    confusion = confusion_matrix(pred, labels, num_classes, ignore_index=-100)
+    scores = segmentation_scores(confusion)
+    return {
+        "accuracy": scores["allAcc"],
+        "mean_class_accuracy": scores["mAcc"],
+        "acc_per_class": scores["acc_per_class"],
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def predict_parts(logits: torch.Tensor, parts) -> torch.Tensor:
+    """Part prediction of one shape restricted to its category's parts, as the standard ShapeNetPart evaluation
+    (PointNet++ / Point-BERT ``test``: arg-max over the category's part logits only).
+
+    Args:
+        logits: ``[N, num_parts_total]`` (or ``[B, N, num_parts_total]`` with one part list for all).
+        parts: the category's part indices (increasing).
+    Returns:
+        ``[N]`` (or ``[B, N]``) int64 part indices, each one of ``parts``.
+    """
+    parts = torch.as_tensor(list(parts), dtype=torch.long, device=logits.device)
+    if parts.numel() == 0 or parts.min() < 0 or parts.max() >= logits.shape[-1]:
+        raise ValueError(f"`parts` must be non-empty indices in [0, {logits.shape[-1]}), got {parts.tolist()}")
+    return parts[logits.index_select(-1, parts).argmax(dim=-1)]
+
+
+def shape_part_iou(pred, labels, parts) -> float:
+    """Mean IoU of one shape over its category's parts; a part absent from both the prediction and the truth counts
+    IoU 1 (the PointNet++ / Point-BERT ShapeNetPart convention).
+
+    Args:
+        pred, labels: ``[N]`` part indices of the shape's points.
+        parts: the part indices of the shape's category.
+    """
+    pred, labels = _indices("pred", pred).reshape(-1), _indices("labels", labels).reshape(-1)
+    if pred.shape != labels.shape:
+        raise ValueError(f"`pred` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(pred.shape)}")
+    ious = []
+    for part in parts:
+        p, t = pred == int(part), labels == int(part)
+        union = (p | t).sum().item()
+        ious.append(1.0 if union == 0 else (p & t).sum().item() / union)
+    if not ious:
+        raise ValueError("`parts` must not be empty")
+    return sum(ious) / len(ious)
+
+
+def part_segmentation_scores(shape_ious, categories, category_names=None) -> dict[str, object]:
+    """ShapeNetPart instance mIoU (mean over shapes) and class mIoU (mean over categories of the mean shape IoU of
+    the category's shapes), from one :func:`shape_part_iou` per shape.
+
+    Args:
+        shape_ious: ``[S]`` shape IoUs. categories: ``[S]`` category index (or name) of each shape.
+        category_names: optional names to key the per-category IoUs by (index -> name).
+    Returns:
+        ``{"instance_mIoU", "class_mIoU", "iou_per_category": {category: IoU}}`` (categories with no shape left out).
+    """
+    shape_ious = [float(v) for v in torch.as_tensor(shape_ious, dtype=torch.float64).reshape(-1).tolist()]
+    categories = list(categories.tolist() if hasattr(categories, "tolist") else categories)
+    if len(categories) != len(shape_ious):
+        raise ValueError(f"`categories` must hold one entry per shape ({len(shape_ious)}), got {len(categories)}")
+    if not shape_ious:
+        return {"instance_mIoU": math.nan, "class_mIoU": math.nan, "iou_per_category": {}}
+    per_category: dict = {}
+    for iou, category in zip(shape_ious, categories):
+        key = category_names[category] if category_names is not None else category
+        per_category.setdefault(key, []).append(iou)
+    iou_per_category = {k: sum(v) / len(v) for k, v in sorted(per_category.items(), key=lambda kv: str(kv[0]))}
+    return {
+        "instance_mIoU": sum(shape_ious) / len(shape_ious),
+        "class_mIoU": sum(iou_per_category.values()) / len(iou_per_category),
+        "iou_per_category": iou_per_category,
+    }
