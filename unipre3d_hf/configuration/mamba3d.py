@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .validation import check_floats, check_ints
+
 SCAN_BACKENDS = ("auto", "torch", "mamba_ssm")
 
 
@@ -61,6 +63,17 @@ class Mamba3DConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
+        check_ints("Mamba3DConfig", minimum=0, feature_channels=feature_channels)
+        check_ints(
+            "Mamba3DConfig", num_groups=num_groups, group_size=group_size, encoder_dims=encoder_dims,
+            hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, lnp_k=lnp_k, d_state=d_state, d_conv=d_conv,
+            expand=expand,
+        )  # fmt: skip
+        if dt_rank != "auto":
+            check_ints("Mamba3DConfig", dt_rank=dt_rank)
+        check_floats("Mamba3DConfig", strict=True, layer_norm_eps=layer_norm_eps)
+        check_floats("Mamba3DConfig", maximum=1.0, drop_path_rate=drop_path_rate)
+        check_floats("Mamba3DConfig", initializer_range=initializer_range)
         if bimamba_type not in ("v4", "none"):
             raise ValueError(f"Mamba3DConfig: `bimamba_type` must be 'v4' or 'none', got {bimamba_type!r}")
         if selective_scan_backend not in SCAN_BACKENDS:

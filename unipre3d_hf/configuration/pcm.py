@@ -6,6 +6,7 @@ from transformers import PretrainedConfig
 
 from .mamba3d import SCAN_BACKENDS
 from .pointmlp import _check_lengths
+from .validation import check_floats, check_ints
 
 PCM_ORDERS = ("xyz", "xzy", "yxz", "yzx", "zxy", "zyx", "hilbert", "hilbert-trans", "z", "z-trans")
 
@@ -81,6 +82,22 @@ class PCMConfig(PretrainedConfig):
         legacy_axis_orders: bool = False,
         **kwargs,
     ):
+        check_ints("PCMConfig", minimum=0, feature_channels=feature_channels, height_axis=height_axis)
+        check_ints(
+            "PCMConfig", embed_dim=embed_dim, dim_expansion=dim_expansion, reducers=reducers, k_neighbors=k_neighbors,
+            prompts_per_order=prompts_per_order, d_state=d_state, d_conv=d_conv,
+            expand=expand, decoder_dims=decoder_dims, head_hidden_size=head_hidden_size, hidden_size=hidden_size,
+        )  # fmt: skip
+        check_ints(
+            "PCMConfig", minimum=0, pre_blocks=pre_blocks, mamba_blocks=mamba_blocks, decoder_blocks=decoder_blocks
+        )
+        if dt_rank != "auto":
+            check_ints("PCMConfig", dt_rank=dt_rank)
+        check_floats(
+            "PCMConfig", strict=True, serialization_grid_size=serialization_grid_size, rms_norm_eps=rms_norm_eps
+        )
+        check_floats("PCMConfig", maximum=1.0, drop_path_rate=drop_path_rate, head_dropout=head_dropout)
+        check_floats("PCMConfig", initializer_range=initializer_range)
         self.use_height = use_height
         self.height_axis = height_axis
         self.feature_channels = feature_channels

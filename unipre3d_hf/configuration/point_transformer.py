@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .validation import check_floats, check_ints
+
 
 class PointTransformerConfig(PretrainedConfig):
     r"""
@@ -49,6 +51,17 @@ class PointTransformerConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
+        check_ints("PointTransformerConfig", minimum=0, feature_channels=feature_channels)
+        check_ints(
+            "PointTransformerConfig", num_groups=num_groups, group_size=group_size, encoder_dims=encoder_dims,
+            hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+        )  # fmt: skip
+        check_floats(
+            "PointTransformerConfig", strict=True, group_radius=group_radius, mlp_ratio=mlp_ratio,
+            layer_norm_eps=layer_norm_eps,
+        )  # fmt: skip
+        check_floats("PointTransformerConfig", maximum=1.0, drop_path_rate=drop_path_rate)
+        check_floats("PointTransformerConfig", initializer_range=initializer_range)
         if grouper not in ("ball_query", "knn"):
             raise ValueError(f"PointTransformerConfig: `grouper` must be 'ball_query' or 'knn', got {grouper!r}")
         if hidden_size % num_attention_heads:

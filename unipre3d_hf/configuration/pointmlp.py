@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .validation import check_floats, check_ints
+
 
 def _check_lengths(config_name: str, **lists) -> int:
     lengths = {name: len(value) for name, value in lists.items()}
@@ -61,6 +63,14 @@ class PointMLPConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
+        check_ints("PointMLPConfig", minimum=0, feature_channels=feature_channels, height_axis=height_axis)
+        check_ints(
+            "PointMLPConfig", embed_dim=embed_dim, dim_expansion=dim_expansion, reducers=reducers,
+            k_neighbors=k_neighbors, pos_blocks=pos_blocks, decoder_dims=decoder_dims,
+        )  # fmt: skip
+        check_ints("PointMLPConfig", minimum=0, pre_blocks=pre_blocks, decoder_blocks=decoder_blocks)
+        check_floats("PointMLPConfig", strict=True, res_expansion=res_expansion)
+        check_floats("PointMLPConfig", initializer_range=initializer_range)
         self.use_height = use_height
         self.height_axis = height_axis
         self.feature_channels = feature_channels

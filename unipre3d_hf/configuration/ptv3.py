@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .validation import check_floats, check_ints
+
 _ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
 
 # The larger configuration of UniPre3D's first release (commit 3a54e92); see `PTv3Config.first_release()`.
@@ -60,6 +62,8 @@ class PTv3Config(PretrainedConfig):
             alone (PT-v3m1 adds the upsampled coarse features to the point features but not to the sparse tensor the
             conv reads), while its residual and attention use the sum. Every PT-v3m1 checkpoint (UniPre3D's
             included) needs `True`; the default is PT-v3m2 / Sonata's, where the conv also reads the sum.
+        initializer_range (`float`, *optional*, defaults to 0.02): std of the truncated-normal init of linear and
+            sparse-conv weights (Pointcept: 0.02).
 
     Example:
 
@@ -101,8 +105,21 @@ class PTv3Config(PretrainedConfig):
         sparse_conv_backend: str = "auto",
         attention_backend: str = "auto",
         legacy_unpooling_cpe: bool = False,
+        initializer_range: float = 0.02,
         **kwargs,
     ):
+        check_ints(
+            "PTv3Config", in_channels=in_channels, stride=stride, enc_depths=enc_depths, enc_channels=enc_channels,
+            enc_num_head=enc_num_head, enc_patch_size=enc_patch_size, dec_depths=dec_depths,
+            dec_channels=dec_channels, dec_num_head=dec_num_head, dec_patch_size=dec_patch_size,
+            stem_kernel_size=stem_kernel_size,
+        )  # fmt: skip
+        check_floats(
+            "PTv3Config", strict=True, mlp_ratio=mlp_ratio, bn_eps=bn_eps, layer_norm_eps=layer_norm_eps,
+            grid_size=grid_size,
+        )  # fmt: skip
+        check_floats("PTv3Config", maximum=1.0, proj_drop=proj_drop, drop_path=drop_path, bn_momentum=bn_momentum)
+        check_floats("PTv3Config", initializer_range=initializer_range)
         order = [order] if isinstance(order, str) else list(order)
         if not order or any(o not in _ORDERS for o in order):
             raise ValueError(f"`order` must be a non-empty list of {_ORDERS}, got {order}")
@@ -161,6 +178,7 @@ class PTv3Config(PretrainedConfig):
         self.sparse_conv_backend = sparse_conv_backend
         self.attention_backend = attention_backend
         self.legacy_unpooling_cpe = legacy_unpooling_cpe
+        self.initializer_range = initializer_range
         super().__init__(**kwargs)
 
     @property

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .validation import check_floats, check_ints
+
 
 class SparseUNetConfig(PretrainedConfig):
     r"""Architecture of [`SparseUNetModel`]. Defaults are the paper's settings (method reference section 2.6).
@@ -29,6 +31,8 @@ class SparseUNetConfig(PretrainedConfig):
             Voxel edge in metres used to voxelize the input points.
         sparse_conv_backend (`str`, *optional*, defaults to `"auto"`):
             `"auto"` (spconv for CUDA tensors when installed, else torch), `"torch"` or `"spconv"`.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Std of the truncated-normal init of linear and sparse-conv weights (Pointcept: 0.02).
 
     Example:
 
@@ -53,8 +57,16 @@ class SparseUNetConfig(PretrainedConfig):
         bn_momentum: float = 0.01,
         grid_size: float = 0.02,
         sparse_conv_backend: str = "auto",
+        initializer_range: float = 0.02,
         **kwargs,
     ):
+        check_ints(
+            "SparseUNetConfig", in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+            channels=channels, layers=layers, stem_kernel_size=stem_kernel_size,
+        )  # fmt: skip
+        check_floats("SparseUNetConfig", strict=True, bn_eps=bn_eps, grid_size=grid_size)
+        check_floats("SparseUNetConfig", maximum=1.0, bn_momentum=bn_momentum)
+        check_floats("SparseUNetConfig", initializer_range=initializer_range)
         channels, layers = list(channels), list(layers)
         if len(channels) != len(layers) or len(channels) % 2 != 0 or not channels:
             raise ValueError(
@@ -79,6 +91,7 @@ class SparseUNetConfig(PretrainedConfig):
         self.bn_momentum = bn_momentum
         self.grid_size = grid_size
         self.sparse_conv_backend = sparse_conv_backend
+        self.initializer_range = initializer_range
         super().__init__(**kwargs)
 
     @property

@@ -3,12 +3,77 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
+from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..ops.sampling import ball_query, farthest_point_sample, gather_points, knn, three_nn_interpolate
+
+
+def linear_rates(stop: float, n: int) -> list[float]:
+    """``n`` stochastic-depth rates rising linearly from 0 to ``stop`` (``torch.linspace(0, stop, n)``, computed in
+    Python so that a model can be built on the ``meta`` device)."""
+    if n == 1:
+        return [0.0]
+    return [stop * i / (n - 1) for i in range(n)]
+
+
+def _bad_weight_file(path: str | os.PathLike) -> str | None:
+    """The first ``*.safetensors`` file of a local folder (or the file itself) that does not open, else None."""
+    from safetensors import safe_open
+
+    files = [os.fspath(path)] if os.path.isfile(path) else sorted(
+        os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors")
+    )  # fmt: skip
+    for f in files:
+        try:
+            with safe_open(f, framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key)
+        except (SafetensorError, OSError, ValueError):
+            return f
+    return None
+
+
+class PointPreTrainedModel(PreTrainedModel):
+    """Base of the six backbones' ``PreTrainedModel`` classes (and so of their task heads).
+
+    - ``from_pretrained`` names the weight file when it is truncated or corrupt (safetensors' own error names none).
+    - ``activation_checkpointing_enable`` / ``_disable`` exist on every supported transformers version (5.24 renames
+      ``gradient_checkpointing_enable``; older versions only have that name, which we then call).
+    - ``_input_dtype``: the floating dtype inputs are cast to (the parameters'), so ``model.to(torch.bfloat16)``
+      accepts float32 inputs.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            where = os.fspath(pretrained_model_name_or_path)
+            bad = _bad_weight_file(where) if os.path.exists(where) else None
+            name = bad or f"the model.safetensors of {where!r}"
+            raise OSError(
+                f"{name} is not a valid safetensors file (truncated or corrupt; re-download or re-save it): {error}"
+            ) from error
+
+    if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):
+
+        def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
+            """Enable activation checkpointing (the transformers >= 5.24 name of ``gradient_checkpointing_enable``)."""
+            self.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
+
+        def activation_checkpointing_disable(self):
+            self.gradient_checkpointing_disable()
+
+    @property
+    def _input_dtype(self) -> torch.dtype:
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
 
 
 def init_torch_default(module: nn.Module) -> None:
@@ -66,6 +131,12 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+def is_tracing() -> bool:
+    """True under torch.compile / torch.export: the data-dependent input checks (finite values, ...) are skipped
+    there, as a graph cannot branch on tensor values; they run in every eager call."""
+    return torch.compiler.is_compiling()
+
+
 def check_point_batch(
     points: torch.Tensor, features: torch.Tensor | None, *, min_points: int = 1, feature_channels: int = 0
 ) -> None:
@@ -78,7 +149,7 @@ def check_point_batch(
         raise ValueError(f"`points` must be a floating-point tensor, got dtype {points.dtype}")
     if points.shape[1] < min_points:
         raise ValueError(f"`points` has {points.shape[1]} points per sample, this model needs at least {min_points}")
-    if not torch.isfinite(points).all():
+    if not is_tracing() and not torch.isfinite(points).all():
         raise ValueError("`points` contains NaN or infinite values")
     if features is not None:
         if features.ndim != 3 or features.shape[:2] != points.shape[:2]:
@@ -86,11 +157,18 @@ def check_point_batch(
                 f"`features` must have shape [B, N, C] = [{points.shape[0]}, {points.shape[1]}, C], "
                 f"got {tuple(features.shape)}"
             )
-        if not torch.isfinite(features).all():
+        if not is_tracing() and not torch.isfinite(features).all():
             raise ValueError("`features` contains NaN or infinite values")
     if (features.shape[-1] if features is not None else 0) != feature_channels:
         got = None if features is None else features.shape[-1]
         raise ValueError(f"`features` must have config.feature_channels={feature_channels} channels, got {got}")
+
+
+def cast_point_inputs(
+    points: torch.Tensor, features: torch.Tensor | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``points`` and ``features`` in the model's floating ``dtype`` (a bfloat16 model takes float32 clouds)."""
+    return points.to(dtype), None if features is None else features.to(dtype)
 
 
 # --- PointMLP-style blocks (Ma et al. 2022, "Rethinking Network Design and Local Geometry in Point Cloud"), shared by
@@ -128,6 +206,13 @@ class ResidualConvBlock1d(nn.Module):
 
 def residual_stack(channels: int, blocks: int, res_expansion: float, bias: bool, act: str) -> nn.Sequential:
     return nn.Sequential(*(ResidualConvBlock1d(channels, res_expansion, bias, act) for _ in range(blocks)))
+
+
+class ResidualStack(GradientCheckpointingLayer, nn.Sequential):
+    """``residual_stack`` as one activation-checkpointing unit (PointMLP's pos-extraction): ``[B, C, L]`` -> same."""
+
+    def __init__(self, channels: int, blocks: int, res_expansion: float, bias: bool, act: str):
+        super().__init__(*(ResidualConvBlock1d(channels, res_expansion, bias, act) for _ in range(blocks)))
 
 
 class LocalGrouper(nn.Module):
@@ -183,7 +268,7 @@ class LocalGrouper(nn.Module):
         return new_xyz, out, idx
 
 
-class PreExtraction(nn.Module):
+class PreExtraction(GradientCheckpointingLayer):
     """Grouped features ``[B, S, k, C_in]`` -> transfer conv, residual blocks, max over k -> ``[B, C_out, S]``."""
 
     def __init__(self, in_channels: int, out_channels: int, blocks: int, res_expansion: float, bias: bool, act: str):
@@ -198,7 +283,7 @@ class PreExtraction(nn.Module):
         return x.amax(dim=-1).reshape(B, S, -1).transpose(1, 2)
 
 
-class FeaturePropagation(nn.Module):
+class FeaturePropagation(GradientCheckpointingLayer):
     """PointNet++ feature propagation: 3-NN interpolation of coarse features onto fine points, concatenated with the
     fine points' skip features ([skip, interpolated]), then Conv+BN+act and residual blocks."""
 

@@ -12,13 +12,22 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration.mamba3d import Mamba3DConfig
 from ..ops.sampling import farthest_point_sample_pointnet2, gather_points, knn
-from .layers import DropPath, MambaMixer, MiniPointNet, check_point_batch, group_patches, init_point_module
+from .layers import (
+    DropPath,
+    MambaMixer,
+    MiniPointNet,
+    PointPreTrainedModel,
+    cast_point_inputs,
+    check_point_batch,
+    group_patches,
+    init_point_module,
+    linear_rates,
+)
 from .outputs import PointBackboneOutput
 
 
@@ -83,7 +92,7 @@ class Mamba3DBlock(GradientCheckpointingLayer):
         return x + self.drop_path(self.mixer(self.norm2(x)))
 
 
-class Mamba3DPreTrainedModel(PreTrainedModel):
+class Mamba3DPreTrainedModel(PointPreTrainedModel):
     config_class = Mamba3DConfig
     base_model_prefix = "mamba3d"
     main_input_name = "points"
@@ -119,7 +128,7 @@ class Mamba3DModel(Mamba3DPreTrainedModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, C))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, C))
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.SiLU(), nn.Linear(128, C))
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        rates = linear_rates(config.drop_path_rate, config.num_hidden_layers)
         self.blocks = nn.ModuleList(Mamba3DBlock(config, rate) for rate in rates)
         self.norm = nn.LayerNorm(C, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
@@ -146,6 +155,7 @@ class Mamba3DModel(Mamba3DPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
         check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
+        points, features = cast_point_inputs(points, features, self._input_dtype)
         if config.legacy_fps:
             centres, patches = _pointnet2_fps_patches(points, features, config.num_groups, config.group_size)
         else:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -29,9 +28,12 @@ from .layers import (
     FeaturePropagation,
     LocalGrouper,
     MambaMixer,
+    PointPreTrainedModel,
     PreExtraction,
+    cast_point_inputs,
     check_point_batch,
     init_torch_default,
+    linear_rates,
 )
 from .outputs import PointBackboneOutput
 from .pointmlp import point_inputs
@@ -99,7 +101,7 @@ class PCMMambaLayer(GradientCheckpointingLayer):
         return self.mixer(self.norm(residual.to(self.norm.weight.dtype))), residual
 
 
-class PCMPreTrainedModel(PreTrainedModel):
+class PCMPreTrainedModel(PointPreTrainedModel):
     config_class = PCMConfig
     base_model_prefix = "pcm"
     main_input_name = "points"
@@ -146,7 +148,7 @@ class PCMModel(PCMPreTrainedModel):
         self.prompt_projs = nn.ModuleList()
         self.mamba_stages = nn.ModuleList()
         num_layers = sum(config.mamba_blocks)
-        rates = [0.0] + torch.linspace(0, config.drop_path_rate, num_layers).tolist()[:-1]
+        rates = [0.0] + linear_rates(config.drop_path_rate, num_layers)[:-1]
         widths = [config.embed_dim]
         layer = 0
         for i in range(config.num_stages):
@@ -239,6 +241,7 @@ class PCMModel(PCMPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
         check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
+        points, features = cast_point_inputs(points, features, self._input_dtype)
         x = point_inputs(points, features, config.use_height, config.height_axis)
         x = self.embedding(x.transpose(1, 2)).transpose(1, 2)  # [B, N, C]
 
@@ -252,7 +255,8 @@ class PCMModel(PCMPreTrainedModel):
                 residual = gather_points(residual, idx)
             x = self.pre_extractors[i](grouped).transpose(1, 2)  # [B, S, C]
             if residual is not None:
-                residual = self.residual_projs[i](residual)
+                # the residual stream stays float32 (mamba-ssm's residual_in_fp32); projected in the model's dtype
+                residual = self.residual_projs[i](residual.to(x.dtype)).float()
             xyz, x, residual = self._run_stage(i, layer0, xyz, x, residual)
             layer0 += config.mamba_blocks[i]
             xyz_levels.append(xyz)

@@ -13,12 +13,20 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration.point_transformer import PointTransformerConfig
-from .layers import DropPath, MiniPointNet, check_point_batch, group_patches, init_point_module
+from .layers import (
+    DropPath,
+    MiniPointNet,
+    PointPreTrainedModel,
+    cast_point_inputs,
+    check_point_batch,
+    group_patches,
+    init_point_module,
+    linear_rates,
+)
 from .outputs import PointBackboneOutput
 
 
@@ -53,7 +61,7 @@ class PointTransformerBlock(GradientCheckpointingLayer):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class PointTransformerPreTrainedModel(PreTrainedModel):
+class PointTransformerPreTrainedModel(PointPreTrainedModel):
     config_class = PointTransformerConfig
     base_model_prefix = "point_transformer"
     main_input_name = "points"
@@ -63,11 +71,12 @@ class PointTransformerPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Point-BERT: truncated normal (0.02) for linear and conv weights, zero biases, norms (1, 0);
-        # CLS token zeros, CLS positional embedding standard normal (method reference 2.3).
+        # CLS token zeros; CLS positional embedding normal with std `initializer_range` (Point-BERT draws it with
+        # std 1, method reference 2.3; transformers' convention is that `initializer_range` sets every random init).
         init_point_module(module, self.config.initializer_range)
         if isinstance(module, PointTransformerModel):
             init.zeros_(module.cls_token)
-            init.normal_(module.cls_pos)
+            init.trunc_normal_(module.cls_pos, std=self.config.initializer_range)
 
 
 class PointTransformerModel(PointTransformerPreTrainedModel):
@@ -83,9 +92,9 @@ class PointTransformerModel(PointTransformerPreTrainedModel):
         self.patch_encoder = MiniPointNet(3 + config.feature_channels, config.encoder_dims)
         self.reduce_dim = nn.Linear(config.encoder_dims, config.hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.cls_pos = nn.Parameter(torch.randn(1, 1, config.hidden_size))
+        self.cls_pos = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, config.hidden_size))
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        rates = linear_rates(config.drop_path_rate, config.num_hidden_layers)
         self.blocks = nn.ModuleList(PointTransformerBlock(config, rate) for rate in rates)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
@@ -112,6 +121,7 @@ class PointTransformerModel(PointTransformerPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
         check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
+        points, features = cast_point_inputs(points, features, self._input_dtype)
         centres, patches = group_patches(
             points, features, config.num_groups, config.group_size, config.grouper, config.group_radius
         )

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from ..configuration.pointmlp import PointMLPConfig
@@ -19,10 +18,12 @@ from .layers import (
     ConvBNAct1d,
     FeaturePropagation,
     LocalGrouper,
+    PointPreTrainedModel,
     PreExtraction,
+    ResidualStack,
+    cast_point_inputs,
     check_point_batch,
     init_torch_default,
-    residual_stack,
 )
 from .outputs import PointBackboneOutput
 
@@ -47,10 +48,13 @@ def point_inputs(
     return torch.cat(inputs, dim=-1)
 
 
-class PointMLPPreTrainedModel(PreTrainedModel):
+class PointMLPPreTrainedModel(PointPreTrainedModel):
     config_class = PointMLPConfig
     base_model_prefix = "pointmlp"
     main_input_name = "points"
+    # checkpointed units: each stage's pre-extraction and pos-extraction, each feature-propagation layer
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PreExtraction", "ResidualStack", "FeaturePropagation"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -83,7 +87,7 @@ class PointMLPModel(PointMLPPreTrainedModel):
             )
             grouped = 2 * c_in + (3 if config.use_xyz else 0)
             self.pre_extractors.append(PreExtraction(grouped, c_out, config.pre_blocks[i], rx, bias, act))
-            self.pos_extractors.append(residual_stack(c_out, config.pos_blocks[i], rx, bias, act))
+            self.pos_extractors.append(ResidualStack(c_out, config.pos_blocks[i], rx, bias, act))
             widths.append(c_out)
         self.decoder = nn.ModuleList()
         coarse = widths[-1]
@@ -115,6 +119,7 @@ class PointMLPModel(PointMLPPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
         check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
+        points, features = cast_point_inputs(points, features, self._input_dtype)
         x = point_inputs(points, features, config.use_height, config.height_axis)
 
         if config.legacy_sampling:

@@ -22,17 +22,16 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration.ptv3 import PTv3Config
 from ..ops.attention import PatchLayout, build_patches, resolve_attention_backend, serialized_patch_attention
 from ..ops.serialization import serialize
-from ..ops.sparse_conv import SparseVoxels, SubMConv3d, _SparseConvBase
+from ..ops.sparse_conv import SparseVoxels, SubMConv3d
 from ..ops.voxelize import segment_max, segment_mean
-from .layers import DropPath
+from .layers import DropPath, PointPreTrainedModel, linear_rates
 from .outputs import PointBackboneOutput
-from .sparse_unet import FusionHook, apply_fusion_hook, embed_scene
+from .sparse_unet import FusionHook, apply_fusion_hook, embed_scene, init_sparse_module
 
 
 @dataclass
@@ -212,7 +211,7 @@ class PTv3Stage(nn.Module):
         return features
 
 
-class PTv3PreTrainedModel(PreTrainedModel):
+class PTv3PreTrainedModel(PointPreTrainedModel):
     config_class = PTv3Config
     base_model_prefix = "ptv3"
     main_input_name = "coords"
@@ -221,18 +220,9 @@ class PTv3PreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """trunc-normal(0.02) for Linear and sparse-conv weights, zero biases; BatchNorm/LayerNorm weight 1, bias 0."""
-        if isinstance(module, (nn.Linear, _SparseConvBase)):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm1d, nn.LayerNorm)):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
-
-def _linspace(stop: float, n: int) -> list[float]:
-    return torch.linspace(0, stop, n).tolist() if n > 0 else []
+        """trunc-normal(``initializer_range``, 0.02) for Linear and sparse-conv weights, zero biases; BatchNorm /
+        LayerNorm weight 1, bias 0, BatchNorm running statistics reset (mean 0, var 1, count 0)."""
+        init_sparse_module(module, self.config.initializer_range)
 
 
 class PTv3Model(PTv3PreTrainedModel):
@@ -254,7 +244,7 @@ class PTv3Model(PTv3PreTrainedModel):
         self.stem_norm = nn.BatchNorm1d(config.enc_channels[0], eps=eps, momentum=momentum)
         self.stem_act = nn.GELU()
         num_stages = len(config.enc_depths)
-        enc_dpr = _linspace(config.drop_path, sum(config.enc_depths))
+        enc_dpr = linear_rates(config.drop_path, sum(config.enc_depths))
         self.enc = nn.ModuleList()
         for s in range(num_stages):
             pooling = None
@@ -272,7 +262,7 @@ class PTv3Model(PTv3PreTrainedModel):
                     pooling=pooling,
                 )  # fmt: skip
             )
-        dec_dpr = _linspace(config.drop_path, sum(config.dec_depths))
+        dec_dpr = linear_rates(config.drop_path, sum(config.dec_depths))
         dec_channels = list(config.dec_channels) + [config.enc_channels[-1]]
         self.dec = nn.ModuleList()
         for s in range(num_stages - 1):
@@ -325,7 +315,7 @@ class PTv3Model(PTv3PreTrainedModel):
         for module in self.modules():
             if isinstance(module, PTv3Attention):
                 module.backend = attention_backend
-        voxels, point_to_token = embed_scene(self.config, coords, features, offsets, self.training)
+        voxels, point_to_token = embed_scene(self.config, coords, features, offsets, self.training, self._input_dtype)
         x = self.stem_conv(voxels)
         x = x.replace_features(self.stem_act(self.stem_norm(x.features)))
         x, point_to_token = apply_fusion_hook(x, fusion_hook, point_to_token)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration.sparse_unet import SparseUNetConfig
@@ -30,6 +30,7 @@ from ..ops.sparse_conv import (
     resolve_sparse_conv_backend,
 )
 from ..ops.voxelize import check_packed_points, segment_max, voxelize
+from .layers import PointPreTrainedModel, init_point_module
 from .outputs import PointBackboneOutput
 
 FusionHook = Callable[[SparseVoxels], SparseVoxels]
@@ -121,7 +122,7 @@ class SparseUNetConvNormAct(nn.Module):
         return out.replace_features(self.act(self.norm(out.features)))
 
 
-class SparseUNetPreTrainedModel(PreTrainedModel):
+class SparseUNetPreTrainedModel(PointPreTrainedModel):
     config_class = SparseUNetConfig
     base_model_prefix = "sparse_unet"
     main_input_name = "coords"
@@ -130,15 +131,10 @@ class SparseUNetPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Pointcept's initialisation: trunc-normal(0.02) for Linear and sparse-conv weights, zero biases; BatchNorm
-        weight 1, bias 0."""
-        if isinstance(module, (nn.Linear, _SparseConvBase)):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm1d, nn.LayerNorm)):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        """Pointcept's initialisation: trunc-normal(``initializer_range``, 0.02) for Linear and sparse-conv weights,
+        zero biases; BatchNorm weight 1, bias 0 and fresh running statistics (mean 0, var 1, count 0), so that a
+        checkpoint without them never leaves uninitialised memory."""
+        init_sparse_module(module, self.config.initializer_range)
 
 
 class SparseUNetModel(SparseUNetPreTrainedModel):
@@ -206,7 +202,7 @@ class SparseUNetModel(SparseUNetPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        voxels, point_to_token = embed_scene(self.config, coords, features, offsets, self.training)
+        voxels, point_to_token = embed_scene(self.config, coords, features, offsets, self.training, self._input_dtype)
         x = self.stem_conv(voxels)
         x = x.replace_features(self.stem_act(self.stem_norm(x.features)))
         x, point_to_token = apply_fusion_hook(x, fusion_hook, point_to_token)
@@ -238,11 +234,25 @@ class SparseUNetModel(SparseUNetPreTrainedModel):
         )
 
 
-def embed_scene(config, coords, features, offsets, training: bool) -> tuple[SparseVoxels, torch.Tensor]:
+def init_sparse_module(module: nn.Module, std: float) -> None:
+    """``init_point_module`` plus the sparse convolutions (truncated normal weights, zero biases)."""
+    if isinstance(module, _SparseConvBase):
+        init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    else:
+        init_point_module(module, std)
+
+
+def embed_scene(
+    config, coords, features, offsets, training: bool, dtype: torch.dtype | None = None
+) -> tuple[SparseVoxels, torch.Tensor]:
     """Validate packed inputs and voxelize them: ``(SparseVoxels with the representative features, point_to_token)``.
 
     Shared by the scene backbones. In training the representative point of a voxel is random (Pointcept's
     ``GridSample`` in train mode); in eval it is the voxel's first point. Anchors are the voxels' mean points.
+    The features are cast to ``dtype`` (the model's) when given; the coordinates keep their precision (a bfloat16
+    grid would put points of a 5 m scene in the wrong 2 cm voxels).
     """
     check_packed_points(coords, features, offsets)
     if features.shape[1] != config.in_channels:
@@ -252,7 +262,7 @@ def embed_scene(config, coords, features, offsets, training: bool) -> tuple[Spar
     backend = resolve_sparse_conv_backend(config.sparse_conv_backend, features.device)
     vox = voxelize(coords, offsets, config.grid_size, random_representative=training)
     voxels = SparseVoxels(
-        features=features[vox.representative],
+        features=features[vox.representative] if dtype is None else features[vox.representative].to(dtype),
         grid_coords=vox.grid_coords,
         batch_index=vox.batch_index,
         coords=vox.mean_coords,

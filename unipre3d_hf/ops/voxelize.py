@@ -54,19 +54,21 @@ def check_packed_points(coords: torch.Tensor, features: torch.Tensor | None, off
         raise ValueError(f"`coords` must be a float tensor of shape [P, 3] (xyz in metres), got {shape}")
     if not coords.is_floating_point():
         raise ValueError(f"`coords` must be a floating-point tensor, got dtype {coords.dtype}")
-    if not torch.isfinite(coords).all():
+    # the value checks (finite, increasing offsets) need the data: eager calls run them, torch.compile / export skip
+    tracing = torch.compiler.is_compiling()
+    if not tracing and not torch.isfinite(coords).all():
         raise ValueError("`coords` contains NaN or infinite values")
     if not isinstance(offsets, torch.Tensor) or offsets.ndim != 1 or offsets.numel() == 0:
         raise ValueError("`offsets` must be a 1-D int64 tensor [B] of cumulative point counts (e.g. [3000, 8000])")
     if offsets.is_floating_point() or offsets.dtype == torch.bool:
         raise ValueError(f"`offsets` must be an integer (int64) tensor [B], got dtype {offsets.dtype}")
     counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
-    if (counts <= 0).any():
+    if not tracing and (counts <= 0).any():
         raise ValueError(
             f"`offsets` must be strictly increasing cumulative counts starting above 0 (no empty scene), got "
             f"{offsets.tolist() if offsets.numel() <= 16 else 'a tensor with an empty scene'}"
         )
-    if int(offsets[-1]) != coords.shape[0]:
+    if not tracing and int(offsets[-1]) != coords.shape[0]:
         raise ValueError(f"`offsets[-1]` must equal the number of points P = {coords.shape[0]}, got {int(offsets[-1])}")
     if offsets.numel() > MAX_BATCH:
         raise ValueError(f"at most {MAX_BATCH} scenes per batch, got {offsets.numel()}")
@@ -74,7 +76,7 @@ def check_packed_points(coords: torch.Tensor, features: torch.Tensor | None, off
         if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != coords.shape[0]:
             shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
             raise ValueError(f"`features` must have shape [P, C] with P = {coords.shape[0]} (as coords), got {shape}")
-        if not torch.isfinite(features).all():
+        if not tracing and not torch.isfinite(features).all():
             raise ValueError("`features` contains NaN or infinite values")
 
 
