@@ -248,7 +248,7 @@ def test_presets_parse_into_valid_configs(preset):
     config = UniPre3DConfig.from_preset(args.preset, backbone_kwargs=args.backbone, **args.model)
     assert config.level == ("object" if args.preset.endswith("shapenet") else "scene")
     assert args.batch_size >= 1 and args.max_steps >= 1
-    if not preset.endswith("mini") and not preset.startswith("demo"):  # the paper's schedules (method reference 7.6)
+    if preset.endswith(("_shapenet", "_scannet")):  # the paper's setups and schedules (method reference 7.6)
         assert config.image_encoder == "sd-vae" and args.learning_rate == 1e-4 and args.adam_epsilon == 1e-15
         assert (args.lr_step_size, args.lr_gamma, args.max_steps) in ((20_000, 0.8, 100_000), (10_000, 0.9, 60_000))
 
