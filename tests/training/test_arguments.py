@@ -112,3 +112,13 @@ def test_a_subclass_adds_fields_and_ranges():
     with pytest.raises(ValueError, match="unknown key `head.hiden` for HeadConfig; did you mean 'hidden'"):
         parse_arguments(Finetune, ["--head.hiden", "3"], {"head": HeadConfig})
     assert isinstance(parse_pretrain_arguments([]), PretrainArguments)
+
+
+def test_help_lists_every_field_with_its_default_and_exits_zero(capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_arguments(PretrainArguments, ["--max_steps", "5", "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(PretrainArguments):
+        assert f"--{f.name} " in text
+    assert "default: 100000" in text and "default: 1e-15" in text  # max_steps, adam_epsilon of the paper's presets

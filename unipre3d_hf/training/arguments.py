@@ -147,6 +147,20 @@ def _parse_cli_value(text: str) -> Any:
         return text
 
 
+def format_help(cls: type) -> str:
+    """``--help`` text of a dataclass of arguments: its docstring, then every field with its type and default."""
+    hints = typing.get_type_hints(cls)
+    lines = [
+        f"usage: --config PRESET.yaml [--<field> <value> ...]  (values are parsed as YAML; dict fields take "
+        f"--<field>.<key> <value>)\n\n{inspect.cleandoc(cls.__doc__ or '')}\n\nfields of {cls.__name__}:"
+    ]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        hint = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        lines.append(f"  --{f.name:<30} {hint:<14} default: {default!r}")
+    return "\n".join(lines)
+
+
 def parse_arguments(
     cls: type[T],
     argv: Sequence[str] | None = None,
@@ -173,6 +187,9 @@ def parse_arguments(
     argv = list(sys.argv[1:] if argv is None else argv)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    if "-h" in argv or "--help" in argv:
+        print(format_help(cls))
+        raise SystemExit(0)
     values: dict[str, Any] = {}
 
     overrides: list[tuple[str, str]] = []
