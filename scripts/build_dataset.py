@@ -24,7 +24,6 @@ import os
 import sys
 
 from unipre3d_hf.data import build_objects_mini, build_scenes_mini, convert_scannet, convert_shapenet
-from unipre3d_hf.data.sweethome3d import DEFAULT_SOURCE, build_sweethome3d
 from unipre3d_hf.data.downstream import (
     SCANOBJECTNN_VARIANTS,
     convert_modelnet40,
@@ -32,6 +31,7 @@ from unipre3d_hf.data.downstream import (
     convert_scanobjectnn,
     convert_shapenet_part,
 )
+from unipre3d_hf.data.sweethome3d import DEFAULT_SOURCE, build_sweethome3d
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -123,6 +123,18 @@ def _cross_entropy(
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
+def _attention_kwargs(backbone: torch.nn.Module, output_attentions: bool | None) -> dict:
+    """``output_attentions`` for the backbone call: passed to a backbone with attention (its forward takes it), an error
+    naming the argument for the others (their blocks compute no attention weights)."""
+    if not output_attentions:
+        return {}
+    import inspect
+
+    if "output_attentions" not in inspect.signature(backbone.forward).parameters:
+        raise ValueError(f"`output_attentions`: {type(backbone).__name__} has no attention weights to return")
+    return {"output_attentions": True}
+
+
 def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     """The loss of ``config.problem_type``, inferred on first use as transformers' ``...ForImageClassification``
     does (``num_labels == 1``: regression; integer labels: single label; else multi label) and stored in the config.
@@ -194,6 +206,7 @@ class _PointCloudClassification(_TaskModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> PointCloudClassifierOutput | tuple:
         r"""
         Args:
@@ -205,12 +218,17 @@ class _PointCloudClassification(_TaskModel):
             ``PointCloudClassifierOutput(loss, logits [B, num_labels], hidden_states)``.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = self.backbone(points, features=features, output_hidden_states=output_hidden_states, return_dict=True)
+        out = self.backbone(
+            points, features=features, output_hidden_states=output_hidden_states, return_dict=True,
+            **_attention_kwargs(self.backbone, output_attentions),
+        )  # fmt: skip
         logits = self.classifier(_global_feature(self.config, out))
         loss = None
         if labels is not None:
             loss = classification_loss(self.config, logits, labels, self.head_config["label_smoothing"])
-        output = PointCloudClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        output = PointCloudClassifierOutput(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
         return output if return_dict else output.to_tuple()
 
 
@@ -258,6 +276,7 @@ class _PointCloudSegmentation(_TaskModel):
         category: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> PointCloudSegmenterOutput | tuple:
         r"""
         Args:
@@ -277,12 +296,18 @@ class _PointCloudSegmentation(_TaskModel):
             coords = coords if coords is not None else points
             if coords is None or features is None or offsets is None:
                 raise ValueError("a scene backbone needs packed `coords` [P, 3], `features` [P, C] and `offsets` [B]")
-            out = self.backbone(coords, features, offsets, output_hidden_states=output_hidden_states, return_dict=True)
+            out = self.backbone(
+                coords, features, offsets, output_hidden_states=output_hidden_states, return_dict=True,
+                **_attention_kwargs(self.backbone, output_attentions),
+            )  # fmt: skip
             logits = self.segmenter(out.last_hidden_state)[out.point_to_token]  # [P, num_labels]
         else:
             if points is None:
                 raise ValueError("an object backbone needs `points` [B, N, 3]")
-            out = self.backbone(points, features=features, output_hidden_states=output_hidden_states, return_dict=True)
+            out = self.backbone(
+                points, features=features, output_hidden_states=output_hidden_states, return_dict=True,
+                **_attention_kwargs(self.backbone, output_attentions),
+            )  # fmt: skip
             per_point = out.last_hidden_state
             if self.per_patch:
                 per_point = three_nn_interpolate(points, out.anchor_points, out.last_hidden_state)
@@ -296,7 +321,9 @@ class _PointCloudSegmentation(_TaskModel):
             loss = _cross_entropy(
                 logits, labels, self.head_config["label_smoothing"], self.head_config["segmentation_ignore_index"]
             )
-        output = PointCloudSegmenterOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        output = PointCloudSegmenterOutput(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
         return output if return_dict else output.to_tuple()
 
 

@@ -26,6 +26,8 @@ class PointBackboneOutput(ModelOutput):
         pooler_output: ``[B, H]`` per-scene max-pool.
     Both:
         hidden_states: tuple of per-stage features when ``output_hidden_states=True``.
+        attentions: models with attention (point Transformer), ``output_attentions=True``: one
+            ``[B, heads, L, L]`` softmax per block.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -34,6 +36,7 @@ class PointBackboneOutput(ModelOutput):
     batch_index: torch.LongTensor | None = None
     point_to_token: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -75,6 +78,7 @@ class PointCloudClassifierOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -91,6 +95,7 @@ class PointCloudSegmenterOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass

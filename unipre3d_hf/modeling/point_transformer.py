@@ -33,15 +33,24 @@ from .outputs import PointBackboneOutput
 class PointTransformerAttention(nn.Module):
     def __init__(self, config: PointTransformerConfig):
         super().__init__()
+        self.config = config  # read at call time: `model.set_attn_implementation(...)` may change it
         self.num_heads = config.num_attention_heads
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x [B, L, C]`` -> (``[B, L, C]``, attention weights ``[B, heads, L, L]`` or None). The weights need the
+        eager path (``output_attentions=True`` or ``attn_implementation="eager"``); "sdpa" (default) fuses them away.
+        """
         B, L, C = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v
-        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+        weights = None
+        if output_attentions or getattr(self.config, "_attn_implementation", None) == "eager":
+            weights = torch.softmax((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v
+        return self.proj(out.transpose(1, 2).reshape(B, L, C)), weights if output_attentions else None
 
 
 class PointTransformerBlock(GradientCheckpointingLayer):
@@ -56,9 +65,10 @@ class PointTransformerBlock(GradientCheckpointingLayer):
         self.mlp = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(), nn.Linear(inner, hidden))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.norm1(x), output_attentions)
+        x = x + self.drop_path(attended)
+        return x + self.drop_path(self.mlp(self.norm2(x))), weights
 
 
 class PointTransformerPreTrainedModel(PointPreTrainedModel):
@@ -67,6 +77,7 @@ class PointTransformerPreTrainedModel(PointPreTrainedModel):
     main_input_name = "points"
     supports_gradient_checkpointing = True
     _no_split_modules = ["PointTransformerBlock"]
+    _supports_sdpa = True  # attn_implementation "sdpa" (default) or "eager" (the only one that returns weights)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -107,6 +118,7 @@ class PointTransformerModel(PointTransformerPreTrainedModel):
         fusion_hook: Callable[..., torch.Tensor] | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> PointBackboneOutput | tuple:
         """
         Args:
@@ -115,11 +127,13 @@ class PointTransformerModel(PointTransformerPreTrainedModel):
         Returns:
             ``PointBackboneOutput(last_hidden_state [B, G, H] (after the final LayerNorm, CLS removed),
             anchor_points [B, G, 3] (patch centres), pooler_output [B, H] (the CLS token), hidden_states)``; hidden
-            states are the block inputs and the final output, each ``[B, 1 + G, H]`` with the CLS token first.
+            states are the block inputs and the final output, each ``[B, 1 + G, H]`` with the CLS token first;
+            ``attentions`` (``output_attentions=True``): one ``[B, heads, 1 + G, 1 + G]`` softmax per block.
         """
         config = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
         check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
         points, features = cast_point_inputs(points, features, self._input_dtype)
         centres, patches = group_patches(
@@ -129,11 +143,13 @@ class PointTransformerModel(PointTransformerPreTrainedModel):
         B = tokens.shape[0]
         x = torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)
         pos = torch.cat([self.cls_pos.expand(B, -1, -1), self.pos_embed(centres)], dim=1)
-        all_hidden = []
+        all_hidden, all_attentions = [], []
         for block in self.blocks:
             if output_hidden_states:
                 all_hidden.append(x)
-            x = block(x + pos)
+            x, weights = block(x + pos, output_attentions)
+            if output_attentions:
+                all_attentions.append(weights)
         if fusion_hook is not None:
             x = fusion_hook(x, anchor_points=centres, num_prefix_tokens=1)
         x = self.norm(x)
@@ -144,6 +160,7 @@ class PointTransformerModel(PointTransformerPreTrainedModel):
             anchor_points=centres,
             pooler_output=x[:, 0],
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
         )
         return out if return_dict else out.to_tuple()
 
