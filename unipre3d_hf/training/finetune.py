@@ -258,6 +258,12 @@ class _FinetuneTask(TrainingTask):
     def _default_label_column(self, args) -> str:
         return self.default_label_column
 
+    def train_collator(self):
+        return self._collator(train=True)
+
+    def batch_size_of(self, batch):  # object tasks: padded [B, N, 3] batches
+        return batch["points"].shape[0]
+
     def _load_data(self) -> None:
         if self._train is not None:
             return
@@ -424,12 +430,6 @@ class ClassificationTask(_FinetuneTask):
             seed=seed if seed is not None else (None if train else args.seed),  # evaluation never draws torch's RNG
         )  # fmt: skip
 
-    def train_collator(self):
-        return self._collator(train=True)
-
-    def batch_size_of(self, batch):
-        return batch["points"].shape[0]
-
     def _evaluate(self, model, accelerator, step, output_dir):
         device = next(model.parameters()).device
         c = len(self.names)
@@ -511,12 +511,6 @@ class PartSegmentationTask(_FinetuneTask):
             skip_corrupt=args.skip_corrupt if train else False, seed=None if train else args.seed,
         )  # fmt: skip
 
-    def train_collator(self):
-        return self._collator(train=True)
-
-    def batch_size_of(self, batch):
-        return batch["points"].shape[0]
-
     def _evaluate(self, model, accelerator, step, output_dir):
         from accelerate.utils import gather_object
 
@@ -574,10 +568,7 @@ class SemanticSegmentationTask(_FinetuneTask):
     def _configure(self, config) -> None:
         config.segmentation_ignore_index = self.args.ignore_index
 
-    def train_collator(self):
-        return self._collator(train=True)
-
-    def batch_size_of(self, batch):
+    def batch_size_of(self, batch):  # packed scenes: one offset per scene
         return batch["offsets"].numel()
 
     def _evaluate(self, model, accelerator, step, output_dir):
