@@ -425,7 +425,9 @@ class UniPre3DForGaussianPretraining(UniPre3DPreTrainedModel):
             raise ValueError(f"`{name}_c2w` must have shape [B={b}, V={v}, 4, 4], got {tuple(c2w.shape)}")
         if intrinsics.shape != (b, v, 4):
             raise ValueError(f"`{name}_intrinsics` must have shape [B={b}, V={v}, 4], got {tuple(intrinsics.shape)}")
-        return Cameras.from_camera_to_world(c2w.float(), intrinsics.float(), w, h)
+        # forward() has checked the poses under their own names (reference_c2w / target_c2w), except while compiling
+        check = torch.compiler.is_compiling()
+        return Cameras.from_camera_to_world(c2w.float(), intrinsics.float(), w, h, check_rigid=check)
 
     def _background(self, background: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         if background is None:

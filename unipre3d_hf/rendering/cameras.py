@@ -12,7 +12,7 @@ With ``cx = W / 2`` the optical axis hits the centre of the image, which is what
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import torch
 from torch import Tensor
@@ -128,8 +128,11 @@ class Cameras:
     height: int
     near: float = 0.01
     far: float = 1e10
+    # set by the constructors that have already checked the poses they invert (the inverse of a rigid transform is
+    # rigid): the same matrices are not checked twice, each check being a host sync
+    _rigid_checked: InitVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, _rigid_checked: bool = False) -> None:
         self.intrinsics = _as_intrinsics_vector(self.intrinsics)
         _check_matrix_batch("world_to_camera", self.world_to_camera, (4, 4))
         _check_matrix_batch("intrinsics", self.intrinsics, (4,))
@@ -143,7 +146,8 @@ class Cameras:
                 f"`intrinsics` is on {self.intrinsics.device} but `world_to_camera` is on {self.world_to_camera.device}"
             )
         _check_intrinsics_values("intrinsics", self.intrinsics)
-        check_rigid_transforms("world_to_camera", self.world_to_camera)
+        if not _rigid_checked:
+            check_rigid_transforms("world_to_camera", self.world_to_camera)
         for name in ("width", "height"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -154,15 +158,24 @@ class Cameras:
     # ------------------------------------------------------------------------------------------------ constructors
     @classmethod
     def from_camera_to_world(
-        cls, camera_to_world: Tensor, intrinsics: Tensor, width: int, height: int, near: float = 0.01, far: float = 1e10
+        cls,
+        camera_to_world: Tensor,
+        intrinsics: Tensor,
+        width: int,
+        height: int,
+        near: float = 0.01,
+        far: float = 1e10,
+        check_rigid: bool = True,
     ) -> Cameras:
         """Build from camera-to-world poses ``[B, V, 4, 4]`` (OpenCV axes, e.g. ScanNet's ``pose/*.txt``).
 
-        ``intrinsics`` is ``[B, V, 4]`` (fx, fy, cx, cy) or ``[B, V, 3, 3]`` K matrices.
+        ``intrinsics`` is ``[B, V, 4]`` (fx, fy, cx, cy) or ``[B, V, 3, 3]`` K matrices. ``check_rigid=False`` is for
+        callers that have run :func:`check_rigid_transforms` on these poses themselves (under their own name).
         """
         _check_matrix_batch("camera_to_world", camera_to_world, (4, 4))
-        check_rigid_transforms("camera_to_world", camera_to_world)  # the inverse below assumes a rigid transform
-        return cls(_rigid_inverse(camera_to_world), intrinsics, width, height, near, far)
+        if check_rigid:
+            check_rigid_transforms("camera_to_world", camera_to_world)  # the inverse below assumes a rigid transform
+        return cls(_rigid_inverse(camera_to_world), intrinsics, width, height, near, far, _rigid_checked=True)
 
     @classmethod
     def from_fov(
@@ -218,7 +231,10 @@ class Cameras:
             [0.5 * width / tx, 0.5 * height / ty, torch.full_like(tx, 0.5 * width), torch.full_like(ty, 0.5 * height)],
             dim=-1,
         )
-        return cls(world_view_transform.transpose(-1, -2).contiguous(), intrinsics, width, height, near, far)
+        return cls(
+            world_view_transform.transpose(-1, -2).contiguous(), intrinsics, width, height, near, far,
+            _rigid_checked=True,
+        )  # fmt: skip
 
     # ---------------------------------------------------------------------------------------------------- views
     @property
