@@ -126,6 +126,30 @@ def _average_precision(y_true: np.ndarray, y_score: np.ndarray, hard_false_negat
     return float(np.dot(precision, steps))
 
 
+def instance_scene_matches(
+    predictions: Sequence[dict],
+    references: Sequence[dict],
+    num_classes: int,
+    segment_ignore_index: Sequence[int] = (-1, 0, 1),
+    instance_ignore_index: int = -1,
+    min_region_size: int = 100,
+) -> list[tuple[dict, dict]]:
+    """The per-scene ground truth / prediction records that the AP needs (point counts, void counts, the intersection
+    of every prediction with every ground truth instance of its class), one ``(gts, preds)`` pair per scene. They are
+    small, picklable and independent across scenes: a distributed evaluation gathers them from every process and
+    :func:`instance_ap_from_matches` of the concatenation equals the AP of all scenes on one process (in any scene
+    order). Arguments: as :func:`instance_average_precision`."""
+    if len(predictions) != len(references):
+        raise ValueError(f"`predictions` ({len(predictions)} scenes) and `references` ({len(references)}) differ")
+    if num_classes < 1:
+        raise ValueError(f"`num_classes` must be >= 1, got {num_classes}")
+    ignored = {int(c) for c in segment_ignore_index}
+    return [
+        _associate(p, r, num_classes, ignored, instance_ignore_index, min_region_size)
+        for p, r in zip(predictions, references)
+    ]
+
+
 def instance_average_precision(
     predictions: Sequence[dict],
     references: Sequence[dict],
@@ -152,18 +176,25 @@ def instance_average_precision(
         ``{"map": AP@[.5:.9], "map50": AP@50, "map25": AP@25, "per_class": {name: {"ap", "ap50", "ap25"}}}``,
         plain floats (NaN for a class without ground truth; the means skip NaN).
     """
-    if len(predictions) != len(references):
-        raise ValueError(f"`predictions` ({len(predictions)} scenes) and `references` ({len(references)}) differ")
-    if num_classes < 1:
-        raise ValueError(f"`num_classes` must be >= 1, got {num_classes}")
+    scenes = instance_scene_matches(
+        predictions, references, num_classes, segment_ignore_index, instance_ignore_index, min_region_size
+    )
+    return instance_ap_from_matches(scenes, num_classes, class_names, segment_ignore_index, min_region_size)
+
+
+def instance_ap_from_matches(
+    scenes: Sequence[tuple[dict, dict]],
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    segment_ignore_index: Sequence[int] = (-1, 0, 1),
+    min_region_size: int = 100,
+) -> dict:
+    """The AP of :func:`instance_average_precision` from the records of :func:`instance_scene_matches` (the same
+    ``num_classes``, ``segment_ignore_index`` and ``min_region_size``)."""
     names = [str(c) for c in range(num_classes)] if class_names is None else [str(c) for c in class_names]
     if len(names) != num_classes:
         raise ValueError(f"`class_names` must have {num_classes} entries, got {len(names)}")
     ignored = {int(c) for c in segment_ignore_index}
-    scenes = [
-        _associate(p, r, num_classes, ignored, instance_ignore_index, min_region_size)
-        for p, r in zip(predictions, references)
-    ]
     valid = [c for c in range(num_classes) if c not in ignored]
     table = np.full((len(valid), len(OVERLAPS)), np.nan)
     for oi, threshold in enumerate(OVERLAPS):
@@ -225,4 +256,4 @@ def instance_average_precision(
     }
 
 
-__all__ = ["OVERLAPS", "instance_average_precision"]
+__all__ = ["OVERLAPS", "instance_ap_from_matches", "instance_average_precision", "instance_scene_matches"]
