@@ -147,6 +147,10 @@ class DataCollatorForPackedScenes(_BaseCollator):
     the pre-training collator; missing normals are zeros), ``offsets [B]`` cumulative counts, ``labels [P]`` int64
     (-1 unlabelled). ``max_points`` caps each scene (a random subset, ``"random"``, or ``"fps"``); ``augment`` applies
     a random rotation about z, a scale in [0.9, 1.1] and a flip of x (a subset of Pointcept's training transforms).
+    With ``instance_column`` (instance segmentation: ``"instance"``), the batch also has ``instance_labels [P]``
+    int64, the row's per-point instance ids (local to the scene, -1 for none) taken through the same subset as the
+    points; the instance heads compute the instance centres from them and the collated ``coords`` (so the centres
+    follow the augmentation), and the backbone voxelises the points itself (every point keeps its own id).
     Seeds and ``skip_corrupt`` as :class:`DataCollatorForPointClouds`.
     """
 
@@ -158,6 +162,7 @@ class DataCollatorForPackedScenes(_BaseCollator):
         label_column: str = "segment",
         skip_corrupt: bool = False,
         seed: int | None = None,
+        instance_column: str | None = None,
     ):
         super().__init__(skip_corrupt, seed)
         if max_points is not None and max_points < 1:
@@ -165,7 +170,7 @@ class DataCollatorForPackedScenes(_BaseCollator):
         if max_points_method not in ("random", "fps"):
             raise ValueError(f"`max_points_method` must be 'random' or 'fps', got {max_points_method!r}")
         self.max_points, self.max_points_method, self.augment = max_points, max_points_method, augment
-        self.label_column = label_column
+        self.label_column, self.instance_column = label_column, instance_column
 
     def _prepare(self, row: dict, sid: str, rng: np.random.Generator) -> dict:
         coords = _xyz(row, "coords", sid)
@@ -177,7 +182,14 @@ class DataCollatorForPackedScenes(_BaseCollator):
         if self.label_column not in row:
             raise CorruptSampleError(sid, f"the row has no `{self.label_column}` column")
         labels = np.asarray(row[self.label_column], dtype=np.int64).reshape(-1)
-        for key, arr in (("colors", colors), ("normals", normals), (self.label_column, labels)):
+        checked = [("colors", colors), ("normals", normals), (self.label_column, labels)]
+        instance = None
+        if self.instance_column is not None:
+            if self.instance_column not in row:
+                raise CorruptSampleError(sid, f"the row has no `{self.instance_column}` column")
+            instance = np.asarray(row[self.instance_column], dtype=np.int64).reshape(-1)
+            checked.append((self.instance_column, instance))
+        for key, arr in checked:
             if len(arr) != n:
                 raise CorruptSampleError(sid, f"`{key}` has {len(arr)} rows for {n} coords")
         if self.max_points is not None and n > self.max_points:
@@ -186,6 +198,7 @@ class DataCollatorForPackedScenes(_BaseCollator):
             else:
                 keep = np.sort(rng.choice(n, size=self.max_points, replace=False))
             coords, colors, normals, labels = coords[keep], colors[keep], normals[keep], labels[keep]
+            instance = instance[keep] if instance is not None else None
         coords = coords - coords.mean(axis=0)
         if self.augment:
             angle = rng.uniform(0, 2 * np.pi)
@@ -196,16 +209,22 @@ class DataCollatorForPackedScenes(_BaseCollator):
             coords = coords @ rot.T * rng.uniform(0.9, 1.1)
             normals = normals @ rot.T
         features = np.concatenate([normals, normalize_color(colors)], axis=1)
-        return {"coords": coords.astype(np.float32), "features": features.astype(np.float32), "labels": labels}
+        sample = {"coords": coords.astype(np.float32), "features": features.astype(np.float32), "labels": labels}
+        if instance is not None:
+            sample["instance_labels"] = instance
+        return sample
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         samples = self._prepare_all(rows)
-        return {
+        batch = {
             "coords": torch.from_numpy(np.concatenate([s["coords"] for s in samples])),
             "features": torch.from_numpy(np.concatenate([s["features"] for s in samples])),
             "offsets": torch.from_numpy(np.cumsum([len(s["coords"]) for s in samples]).astype(np.int64)),
             "labels": torch.from_numpy(np.concatenate([s["labels"] for s in samples])),
         }
+        if self.instance_column is not None:
+            batch["instance_labels"] = torch.from_numpy(np.concatenate([s["instance_labels"] for s in samples]))
+        return batch
 
 
 def build_compute_metrics(task: str, num_labels: int, ignore_index: int = -1) -> Callable[[object], dict]:
