@@ -294,7 +294,7 @@ class _FinetuneTask(TrainingTask):
         self._train = NumpyRows(train)
         val_rows = NumpyRows(val)
         num_val = len(val_rows) if args.val_samples is None else min(args.val_samples, len(val_rows))
-        self._check_validation(val_rows, num_val)  # on every process, so that all of them stop
+        self._check_validation(val, num_val)  # on every process, so that all of them stop
         rank, world = (0, 1) if self.accelerator is None else (
             self.accelerator.process_index, self.accelerator.num_processes
         )  # fmt: skip
@@ -303,8 +303,8 @@ class _FinetuneTask(TrainingTask):
     def _setup_labels(self, train) -> None:
         pass
 
-    def _check_validation(self, rows, num_val: int) -> None:
-        pass
+    def _check_validation(self, val, num_val: int) -> None:
+        """Checks the first ``num_val`` rows of the validation split (a ``datasets.Dataset``) before the run."""
 
     @property
     def num_labels(self) -> int:
@@ -692,9 +692,16 @@ class InstanceSegmentationTask(SemanticSegmentationTask):
         logger.info("stuff classes (no instances): %s", [self.names[i] if i >= 0 else i for i in stuff])
         return stuff
 
-    def _check_validation(self, rows, num_val: int) -> None:
+    def _check_validation(self, val, num_val: int) -> None:
         """Validation scenes whose ``instance`` ids are all -1 although they hold points of a "thing" class: the data
         set carries no instance labels (or lost them), and the AP would be meaningless."""
+        from ..data import NumpyRows
+
+        if self.instance_column not in val.column_names:
+            raise ValueError(f"the `{self.args.val_split}` split has no `{self.instance_column}` column")
+        rows = NumpyRows(
+            val.select_columns([c for c in ("id", self.instance_column, self.label_column) if c in val.column_names])
+        )
         missing = []
         for i in range(num_val):
             row = rows[i]
