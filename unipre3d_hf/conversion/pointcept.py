@@ -177,6 +177,7 @@ def infer_config_kwargs(state_dict: dict[str, torch.Tensor], backbone: str, arch
                 layers=list(enc.values()) + list(dec.values()),
             )
         m2 = arch == "PT-v3m2"
+        stem = state_dict["embedding.stem.linear.weight" if m2 else "embedding.stem.conv.weight"]
         enc = _blocks(state_dict, r"^enc\.enc(\d+)\.block(\d+)\.cpe\.0\.weight$")
         dec = _blocks(state_dict, r"^dec\.dec(\d+)\.block(\d+)\.cpe\.0\.weight$")
         if not enc:
@@ -195,10 +196,9 @@ def infer_config_kwargs(state_dict: dict[str, torch.Tensor], backbone: str, arch
             stride=[2] * (len(enc) - 1),
         )
         if not m2:
-            stem = state_dict["embedding.stem.conv.weight"]
             return dict(in_channels=stem.shape[-1], stem_kernel_size=stem.shape[1], **kwargs)
         return dict(
-            in_channels=state_dict["embedding.stem.linear.weight"].shape[1],
+            in_channels=stem.shape[1],
             enc_mode=not dec,
             mask_token="embedding.mask_token" in state_dict,
             # the trained gamma is loaded; the value is only LayerScale's init (Sonata's default 1e-5)
