@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from unipre3d_hf import PTv3Model
+from unipre3d_hf import PTv3ForPointCloudSegmentation, PTv3Model
 from unipre3d_hf.conversion.original import CheckpointConversionError
 from unipre3d_hf.conversion.pointcept import export_pointcept_state_dict, import_pointcept_state_dict
 
@@ -207,3 +207,10 @@ def test_script_converts_a_sonata_release_file(tmp_path):
     model = PTv3Model.from_pretrained(tmp_path / "out", enc_upcast_stages=2).eval()
     assert model.config.enc_num_head == [2, 2, 4] and model.config.hidden_size == 32 + 48
     assert torch.equal(model.enc[2].pooling.proj.weight, sd["enc.enc2.down.proj.weight"])
+    # linear probing as Pointcept's DefaultSegmentorV2: one Linear on the upcast features (every stage: 96 channels)
+    probe = PTv3ForPointCloudSegmentation.from_pretrained(tmp_path / "out", num_labels=5).eval()
+    assert probe.segmenter.in_features == 96
+    assert torch.equal(probe.backbone.stem_linear.weight, sd["embedding.stem.linear.weight"])
+    coords, feats, offsets = _scenes()
+    with torch.no_grad():
+        assert probe(coords=coords, features=feats, offsets=offsets).logits.shape == (120, 5)

@@ -27,7 +27,11 @@ al., CVPR 2025) differs from PT-v3m1 in these places, each a `PTv3Config` field 
   - ``mask_token``: the learned mask embedding of Sonata's pre-training;
   - the unpooling refreshes the sparse tensor (``legacy_unpooling_cpe=False``, our default).
 The qkv layout (``[3, heads, head_dim]`` along the output of one Linear), the CPE, the MLP and the block order are
-the same in both.
+the same in both. What we do not reproduce of PT-v3m2, none of which has weights: its ``GridPooling`` shuffles the
+coarse levels' orders on every call, in eval too and whatever the model's ``shuffle_orders`` (ours: in training, with
+``shuffle_orders``); its non-flash attention (Sonata's CPU demo, ``enable_flash=False``) shrinks the patch to the
+smallest scene's point count (ours is the flash path's fixed patch, what Sonata was trained with); its flash path
+casts qkv to fp16 / bf16 (ours: the dtype of the chosen backend).
 """
 
 from __future__ import annotations
