@@ -4,8 +4,14 @@
     python scripts/convert_checkpoint.py --checkpoint ptv3.pth --backbone ptv3 --output_dir conv/ptv3 [--full_model]
     python scripts/convert_checkpoint.py --from pointcept --pointcept_arch PT-v3m1 --checkpoint model_best.pth \\
         --backbone ptv3 --output_dir converted/ptv3-pointcept
+    python scripts/convert_checkpoint.py --from pointcept --checkpoint sonata.pth --backbone ptv3 \\
+        --output_dir converted/sonata
     python scripts/convert_checkpoint.py --to pointcept --model_dir converted/ptv3 --output_dir pointcept/ptv3 \\
         [--prefix module.backbone.]
+
+``--pointcept_arch`` (``SpUNet-v1m1``, ``PT-v3m1``, ``PT-v3m2``) defaults to ``auto``: read from the stem's key. A
+Sonata file (``{"config": ..., "state_dict": ...}``, encoder-only PT-v3m2) takes its heads, patch sizes and orders from
+its ``config``.
 
 ``--output_dir`` gets the backbone (``AutoModel.from_pretrained(DIR)``) and ``conversion.json`` (what was mapped,
 dropped and set); with ``--full_model``, ``DIR/pretraining/`` holds ``UniPre3DForGaussianPretraining``. Files are read
@@ -32,7 +38,13 @@ from unipre3d_hf.conversion.original import (
     convert_original_state_dict,
     load_original_checkpoint,
 )
-from unipre3d_hf.conversion.pointcept import ARCHS, export_pointcept_state_dict, import_pointcept_state_dict
+from unipre3d_hf.conversion.pointcept import (
+    ARCHS,
+    detect_pointcept_arch,
+    export_pointcept_state_dict,
+    import_pointcept_state_dict,
+    load_pointcept_checkpoint,
+)
 from unipre3d_hf.data.schemas import dataset_output
 
 
@@ -44,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--full_model", action="store_true", help="also write UniPre3DForGaussianPretraining")
     p.add_argument("--from", dest="source", choices=("original", "pointcept"), default="original")
     p.add_argument("--to", dest="target", choices=("unipre3d_hf", "pointcept"), default="unipre3d_hf")
-    p.add_argument("--pointcept_arch", choices=sorted(ARCHS), default="PT-v3m1")
+    p.add_argument(
+        "--pointcept_arch", choices=[*sorted(ARCHS), "auto"], default="auto", help="auto: from the stem's key"
+    )
     p.add_argument("--model_dir", help="--to pointcept: our saved Sparse UNet / PTv3 backbone")
     p.add_argument("--prefix", default="", help="--to pointcept: key prefix ('', 'backbone.', 'module.backbone.')")
     p.add_argument("--pcm_pythonhashseed", type=int, help="PCM: the training process's PYTHONHASHSEED")
@@ -80,11 +94,13 @@ def main(argv=None) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if args.source == "pointcept":
-                if ARCHS[args.pointcept_arch] != args.backbone:
-                    raise SystemExit(f"--pointcept_arch {args.pointcept_arch} is a {ARCHS[args.pointcept_arch]}")
-                obj = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-                state_dict = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-                model, dropped = import_pointcept_state_dict(state_dict, args.pointcept_arch)
+                state_dict, checkpoint_config = load_pointcept_checkpoint(args.checkpoint)
+                arch = args.pointcept_arch if args.pointcept_arch != "auto" else detect_pointcept_arch(state_dict)
+                if ARCHS[arch] != args.backbone:
+                    raise SystemExit(f"--pointcept_arch {arch} is a {ARCHS[arch]}, not --backbone {args.backbone}")
+                model, dropped = import_pointcept_state_dict(
+                    state_dict, arch, checkpoint_config=checkpoint_config if arch == "PT-v3m2" else None
+                )
                 full = None
             else:
                 state_dict = load_original_checkpoint(args.checkpoint)
@@ -103,6 +119,7 @@ def main(argv=None) -> None:
             full.save_pretrained(os.path.join(build_dir, "pretraining"))
         record = {
             "source": args.source,
+            **({"pointcept_arch": arch} if args.source == "pointcept" else {}),
             "checkpoint": os.path.basename(args.checkpoint),
             "sha256": sha256(args.checkpoint),
             "backbone": args.backbone,

@@ -1,4 +1,5 @@
-"""Configuration of the Point Transformer V3 scene backbone (Pointcept PT-v3m1, as UniPre3D pre-trains it)."""
+"""Configuration of the Point Transformer V3 scene backbone (Pointcept PT-v3m1, as UniPre3D pre-trains it, and the
+fields that Pointcept's PT-v3m2 / Sonata checkpoints need)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,32 @@ class PTv3Config(PretrainedConfig):
             alone (PT-v3m1 adds the upsampled coarse features to the point features but not to the sparse tensor the
             conv reads), while its residual and attention use the sum. Every PT-v3m1 checkpoint (UniPre3D's
             included) needs `True`; the default is PT-v3m2 / Sonata's, where the conv also reads the sum.
+        stem_type (`str`, *optional*, defaults to `"conv"`): the embedding: `"conv"` (PT-v3m1: SubMConv3d of
+            `stem_kernel_size`, no bias, then norm and GELU) or `"linear"` (PT-v3m2 / Sonata: a per-voxel Linear with
+            bias, then norm and GELU).
+        norm_type (`str`, *optional*, defaults to `"batch"`): the norm of the stem, the pooling and the unpooling:
+            `"batch"` (PT-v3m1's BatchNorm1d) or `"layer"` (PT-v3m2's LayerNorm). The blocks always use LayerNorm.
+        pooling_type (`str`, *optional*, defaults to `"serialized"`): `"serialized"` (PT-v3m1's `SerializedPooling`:
+            clusters are the order-0 codes shifted right by `3 log2(stride)` bits, and the coarse level reuses the
+            shifted codes) or `"grid"` (PT-v3m2's `GridPooling`: clusters are the cells of `grid // stride`, and the
+            coarse level is serialized afresh from its grid coordinates, in `order`'s order). Both merge the same
+            cells; they differ in the coarse level's Hilbert codes (a fresh code at the level's own depth is not the
+            fine code shifted) and `"grid"` allows any integer stride >= 2.
+        serialization_depth (`int`, *optional*, defaults to 16): bits per axis of the serialization codes. `None` is
+            Pointcept's `int(grid.max() + 1).bit_length()` over the whole batch, computed anew at every serialization
+            (the input level, and each grid pooling): the Hilbert orders then depend on the batch, as in Pointcept.
+        layer_scale (`float`, *optional*): PT-v3m2's LayerScale: when set, a learned per-channel `gamma` (initialised
+            to this value) scales the attention and the MLP outputs of every block before their residual additions.
+        enc_mode (`bool`, *optional*, defaults to `False`): encoder only (PT-v3m2's `enc_mode`, Sonata's released
+            weights): no decoder is built; the output is the encoder's features mapped back to the input voxels
+            through the pooling clusters (see `enc_upcast_stages`).
+        enc_upcast_stages (`int`, *optional*): with `enc_mode`, how many of the deepest encoder stages are
+            concatenated on the way back up (shallowest first); the rest of the way the features are only copied to
+            the finer voxels. `None` concatenates every stage (Pointcept's `DefaultSegmentorV2`, which Sonata's
+            linear probing and fine-tuning use: 1232 channels for Sonata); 3 is Sonata's demo / pre-training head
+            input (1088 channels); 1 copies the last stage alone.
+        mask_token (`bool`, *optional*, defaults to `False`): PT-v3m2's learned mask embedding (`[1, enc_channels[0]]`):
+            the embedding of the voxels that `forward`'s `mask` marks is replaced by it (Sonata's pre-training).
         initializer_range (`float`, *optional*, defaults to 0.02): std of the truncated-normal init of linear and
             sparse-conv weights (Pointcept: 0.02).
 
@@ -105,6 +132,14 @@ class PTv3Config(PretrainedConfig):
         sparse_conv_backend: str = "auto",
         attention_backend: str = "auto",
         legacy_unpooling_cpe: bool = False,
+        stem_type: str = "conv",
+        norm_type: str = "batch",
+        pooling_type: str = "serialized",
+        serialization_depth: int | None = 16,
+        layer_scale: float | None = None,
+        enc_mode: bool = False,
+        enc_upcast_stages: int | None = None,
+        mask_token: bool = False,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -124,6 +159,26 @@ class PTv3Config(PretrainedConfig):
         if not order or any(o not in _ORDERS for o in order):
             raise ValueError(f"`order` must be a non-empty list of {_ORDERS}, got {order}")
         num_stages = len(enc_depths)
+        for name, value, allowed in (
+            ("stem_type", stem_type, ("conv", "linear")),
+            ("norm_type", norm_type, ("batch", "layer")),
+            ("pooling_type", pooling_type, ("serialized", "grid")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
+        if serialization_depth is not None and (
+            not isinstance(serialization_depth, int) or not 1 <= serialization_depth <= 16
+        ):
+            raise ValueError(f"`serialization_depth` must be an int in [1, 16] or None, got {serialization_depth!r}")
+        if layer_scale is not None:
+            check_floats("PTv3Config", strict=True, layer_scale=layer_scale)
+        if enc_upcast_stages is not None and (
+            not isinstance(enc_upcast_stages, int) or not 1 <= enc_upcast_stages <= num_stages
+        ):
+            raise ValueError(
+                f"`enc_upcast_stages` must be an int in [1, {num_stages}] (the encoder stages) or None, "
+                f"got {enc_upcast_stages!r}"
+            )
         for name, value, n in (
             ("stride", stride, num_stages - 1),
             ("enc_channels", enc_channels, num_stages),
@@ -134,10 +189,11 @@ class PTv3Config(PretrainedConfig):
             ("dec_num_head", dec_num_head, num_stages - 1),
             ("dec_patch_size", dec_patch_size, num_stages - 1),
         ):
-            if len(value) != n:
+            if len(value) != n and not (enc_mode and name.startswith("dec_") and len(value) == 0):
                 raise ValueError(f"`{name}` must have {n} entries for {num_stages} encoder stages, got {len(value)}")
-        if any(s < 2 or s & (s - 1) for s in stride):
-            raise ValueError(f"`stride` entries must be powers of 2 (>= 2), got {list(stride)}")
+        if any(s < 2 or (pooling_type == "serialized" and s & (s - 1)) for s in stride):
+            what = "powers of 2 (>= 2) for serialized pooling" if pooling_type == "serialized" else ">= 2"
+            raise ValueError(f"`stride` entries must be {what}, got {list(stride)}")
         for name, chans, heads in (("enc", enc_channels, enc_num_head), ("dec", dec_channels, dec_num_head)):
             if any(c % h for c, h in zip(chans, heads)):
                 raise ValueError(f"`{name}_channels` must be divisible by `{name}_num_head`, got {chans} / {heads}")
@@ -178,11 +234,23 @@ class PTv3Config(PretrainedConfig):
         self.sparse_conv_backend = sparse_conv_backend
         self.attention_backend = attention_backend
         self.legacy_unpooling_cpe = legacy_unpooling_cpe
+        self.stem_type = stem_type
+        self.norm_type = norm_type
+        self.pooling_type = pooling_type
+        self.serialization_depth = serialization_depth
+        self.layer_scale = layer_scale
+        self.enc_mode = bool(enc_mode)
+        self.enc_upcast_stages = enc_upcast_stages
+        self.mask_token = bool(mask_token)
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
 
     @property
     def hidden_size(self) -> int:
+        """Width of `last_hidden_state`: `dec_channels[0]`, or with `enc_mode` the sum of the concatenated encoder
+        stages' widths (`enc_upcast_stages`)."""
+        if self.enc_mode:
+            return sum(self.enc_channels[-(self.enc_upcast_stages or len(self.enc_channels)) :])
         return self.dec_channels[0] if self.dec_channels else self.enc_channels[-1]
 
     @classmethod

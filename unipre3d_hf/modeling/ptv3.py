@@ -1,4 +1,5 @@
-"""Point Transformer V3 scene backbone: Pointcept's PT-v3m1 as UniPre3D pre-trains it (method reference section 2.7).
+"""Point Transformer V3 scene backbone: Pointcept's PT-v3m1 as UniPre3D pre-trains it (method reference section 2.7),
+and Pointcept's PT-v3m2 / Sonata through config fields.
 
 Adapted (re-written, same architecture and parameter count) from Pointcept
 (https://github.com/Pointcept/PointTransformerV3, ``model.py``; Wu et al., CVPR 2024):
@@ -14,6 +15,23 @@ everywhere, including the fusion hook; serialization depth fixed at 16 bits so t
 its batch; patches identical for every attention backend (``unipre3d_hf.ops.attention``); order shuffling only in
 training (Pointcept also shuffles in eval, which makes eval outputs random); no RPE (off in the paper) and no
 attention dropout (0 in the paper).
+
+PT-v3m2 (Pointcept ``point_transformer_v3m2_sonata.py``, the standalone ``facebookresearch/sonata`` ``model.py``; Wu et
+al., CVPR 2025) differs from PT-v3m1 in these places, each a `PTv3Config` field whose default is PT-v3m1's:
+  - ``stem_type="linear"``: a per-voxel Linear (with bias) + norm + GELU instead of the k5 SubMConv3d stem;
+  - ``norm_type="layer"``: LayerNorm instead of BatchNorm in the stem, the pooling and the unpooling;
+  - ``pooling_type="grid"``: ``GridPooling`` (cells of ``grid // stride``, the coarse level serialized afresh) instead
+    of ``SerializedPooling``; ``serialization_depth=None``: Pointcept's batch-wide depth at every serialization;
+  - ``layer_scale``: LayerScale on the attention and MLP branches;
+  - ``enc_mode``: encoder only, output upcast to the input voxels (``enc_upcast_stages``);
+  - ``mask_token``: the learned mask embedding of Sonata's pre-training;
+  - the unpooling refreshes the sparse tensor (``legacy_unpooling_cpe=False``, our default).
+The qkv layout (``[3, heads, head_dim]`` along the output of one Linear), the CPE, the MLP and the block order are
+the same in both. What we do not reproduce of PT-v3m2, none of which has weights: its ``GridPooling`` shuffles the
+coarse levels' orders on every call, in eval too and whatever the model's ``shuffle_orders`` (ours: in training, with
+``shuffle_orders``); its non-flash attention (Sonata's CPU demo, ``enable_flash=False``) shrinks the patch to the
+smallest scene's point count (ours is the flash path's fixed patch, what Sonata was trained with); its flash path
+casts qkv to fp16 / bf16 (ours: the dtype of the chosen backend).
 """
 
 from __future__ import annotations
@@ -22,12 +40,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration.ptv3 import PTv3Config
 from ..ops.attention import PatchLayout, build_patches, resolve_attention_backend, serialized_patch_attention
 from ..ops.serialization import serialize
-from ..ops.sparse_conv import SparseVoxels, SubMConv3d
+from ..ops.sparse_conv import SparseVoxels, SubMConv3d, pack_voxel_keys
 from ..ops.voxelize import segment_max, segment_mean
 from .layers import DropPath, PointPreTrainedModel, linear_rates
 from .outputs import PointBackboneOutput
@@ -91,6 +110,36 @@ class PTv3Attention(nn.Module):
         return self.proj_drop(self.proj(out.reshape(n, c)))
 
 
+class PTv3LayerScale(nn.Module):
+    """PT-v3m2's LayerScale: ``x * gamma`` with a learned ``gamma [C]`` (Touvron et al. 2021, CaiT)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def _norm(channels: int, config: PTv3Config) -> nn.Module:
+    """The norm of the stem, the pooling and the unpooling (`PTv3Config.norm_type`)."""
+    if config.norm_type == "layer":
+        return nn.LayerNorm(channels, eps=config.layer_norm_eps)
+    return nn.BatchNorm1d(channels, eps=config.bn_eps, momentum=config.bn_momentum)
+
+
+def _serialization_codes(grid_coords, batch_index, config: PTv3Config) -> torch.Tensor:
+    """``[O, N]`` codes of every order of ``config.order``, at ``config.serialization_depth`` bits per axis, or with
+    ``None`` at Pointcept's ``int(grid.max() + 1).bit_length()`` over the batch (``Point.serialization``)."""
+    depth = config.serialization_depth
+    if depth is None:
+        depth = int(grid_coords.max()) + 1 if grid_coords.numel() else 1
+        depth = depth.bit_length()
+        if depth > 16:
+            raise ValueError(f"grid coordinates up to {(1 << depth) - 1} need more than the 16 bits per axis allowed")
+    return torch.stack([serialize(grid_coords, batch_index, o, depth=depth) for o in config.order])
+
+
 class PTv3MLP(nn.Module):
     def __init__(self, channels: int, hidden: int, drop: float):
         super().__init__()
@@ -114,6 +163,9 @@ class PTv3Block(GradientCheckpointingLayer):
         self.attn = PTv3Attention(channels, num_heads, patch_size, config)
         self.norm2 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
         self.mlp = PTv3MLP(channels, int(channels * config.mlp_ratio), config.proj_drop)
+        scaled = config.layer_scale is not None
+        self.ls1 = PTv3LayerScale(channels) if scaled else nn.Identity()
+        self.ls2 = PTv3LayerScale(channels) if scaled else nn.Identity()
         self.drop_path = DropPath(drop_path)
 
     def forward(
@@ -125,45 +177,58 @@ class PTv3Block(GradientCheckpointingLayer):
         cpe = self.cpe_conv(level.voxels.replace_features(cpe_input)).features
         features = features + self.cpe_norm(self.cpe_linear(cpe))
         x = self.norm1(features) if self.pre_norm else features
-        features = features + self.drop_path(self.attn(x, level, order_index))
+        features = features + self.drop_path(self.ls1(self.attn(x, level, order_index)))
         if not self.pre_norm:
             features = self.norm1(features)
         x = self.norm2(features) if self.pre_norm else features
-        features = features + self.drop_path(self.mlp(x))
+        features = features + self.drop_path(self.ls2(self.mlp(x)))
         if not self.pre_norm:
             features = self.norm2(features)
         return features
 
 
 class PTv3Pooling(nn.Module):
-    """Serialized pooling: merge the voxels of each ``stride^3`` cell (the code shifted right by 3 bits per halving)."""
+    """Merge the voxels of each ``stride^3`` cell: Linear, segment max of the features, mean of the coordinates, norm
+    + GELU. Serialized pooling (PT-v3m1) finds the cells as the order-0 code shifted right by 3 bits per halving and
+    keeps the shifted codes; grid pooling (PT-v3m2's ``GridPooling``) finds them as ``grid // stride`` and serializes
+    the coarse level afresh (`PTv3Config.pooling_type`)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, config: PTv3Config):
         super().__init__()
-        self.shift = stride.bit_length() - 1  # log2(stride)
+        self.config = config
+        self.stride = stride
+        self.shift = stride.bit_length() - 1  # log2(stride), serialized pooling
         self.proj = nn.Linear(in_channels, out_channels)
-        self.norm = nn.BatchNorm1d(out_channels, eps=config.bn_eps, momentum=config.bn_momentum)
+        self.norm = _norm(out_channels, config)
         self.act = nn.GELU()
 
     def forward(self, features: torch.Tensor, level: PTv3Level, shuffle: bool):
         """Returns ``(coarse features [M, C_out], coarse level, cluster [N] (coarse row of each fine row))``."""
-        code0 = level.codes[0] >> (3 * self.shift)
-        _, cluster = torch.unique(code0, sorted=True, return_inverse=True)
-        m = int(cluster.max()) + 1
-        rows = torch.arange(code0.numel(), device=code0.device)
-        head = torch.full((m,), code0.numel(), dtype=torch.long, device=code0.device)
-        head.scatter_reduce_(0, cluster, rows, reduce="amin")
         voxels = level.voxels
+        grid = self.config.pooling_type == "grid"
+        if grid:
+            # GridPooling: unique (scene, grid // stride) rows, sorted by scene then x, y, z
+            coarse_grid = torch.div(voxels.grid_coords, self.stride, rounding_mode="floor")
+            key = pack_voxel_keys(voxels.batch_index, coarse_grid)
+        else:
+            key = level.codes[0] >> (3 * self.shift)
+        _, cluster = torch.unique(key, sorted=True, return_inverse=True)
+        m = int(cluster.max()) + 1
+        rows = torch.arange(key.numel(), device=key.device)
+        head = torch.full((m,), key.numel(), dtype=torch.long, device=key.device)
+        head.scatter_reduce_(0, cluster, rows, reduce="amin")
         coarse_voxels = SparseVoxels(
             features=features.new_zeros(m, 0),
-            grid_coords=voxels.grid_coords[head] >> self.shift,
+            grid_coords=coarse_grid[head] if grid else voxels.grid_coords[head] >> self.shift,
             batch_index=voxels.batch_index[head],
             batch_size=voxels.batch_size,
             backend=voxels.backend,
         )
-        coarse = PTv3Level(
-            coarse_voxels, segment_mean(level.coords, cluster, m), level.codes[:, head] >> (3 * self.shift)
-        )
+        if grid:  # serialized afresh, in `order`'s order (Pointcept: `point.serialization(order=point.order)`)
+            codes = _serialization_codes(coarse_voxels.grid_coords, coarse_voxels.batch_index, self.config)
+        else:
+            codes = level.codes[:, head] >> (3 * self.shift)
+        coarse = PTv3Level(coarse_voxels, segment_mean(level.coords, cluster, m), codes)
         if shuffle:
             coarse.shuffle_orders()
         pooled = segment_max(self.proj(features), cluster, m)
@@ -171,17 +236,12 @@ class PTv3Pooling(nn.Module):
 
 
 class PTv3Unpooling(nn.Module):
-    """Serialized unpooling: ``LBG(skip) + LBG(coarse)[cluster]`` with LBG = Linear + BatchNorm + GELU."""
+    """Unpooling: ``LNG(skip) + LNG(coarse)[cluster]`` with LNG = Linear + norm (`PTv3Config.norm_type`) + GELU."""
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, config: PTv3Config):
         super().__init__()
-        eps, momentum = config.bn_eps, config.bn_momentum
-        self.proj = nn.Sequential(
-            nn.Linear(in_channels, out_channels), nn.BatchNorm1d(out_channels, eps=eps, momentum=momentum), nn.GELU()
-        )
-        self.proj_skip = nn.Sequential(
-            nn.Linear(skip_channels, out_channels), nn.BatchNorm1d(out_channels, eps=eps, momentum=momentum), nn.GELU()
-        )
+        self.proj = nn.Sequential(nn.Linear(in_channels, out_channels), _norm(out_channels, config), nn.GELU())
+        self.proj_skip = nn.Sequential(nn.Linear(skip_channels, out_channels), _norm(out_channels, config), nn.GELU())
 
     def forward(
         self, coarse: torch.Tensor, skip: torch.Tensor, cluster: torch.Tensor, return_skip: bool = False
@@ -221,13 +281,19 @@ class PTv3PreTrainedModel(PointPreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """trunc-normal(``initializer_range``, 0.02) for Linear and sparse-conv weights, zero biases; BatchNorm /
-        LayerNorm weight 1, bias 0, BatchNorm running statistics reset (mean 0, var 1, count 0)."""
-        init_sparse_module(module, self.config.initializer_range)
+        LayerNorm weight 1, bias 0, BatchNorm running statistics reset (mean 0, var 1, count 0); LayerScale gamma =
+        ``layer_scale``; the mask token 0 (Sonata's ``Embedding``)."""
+        if isinstance(module, PTv3LayerScale):
+            init.constant_(module.gamma, self.config.layer_scale)
+        elif isinstance(module, PTv3Model) and module.mask_token is not None:
+            init.zeros_(module.mask_token)
+        else:
+            init_sparse_module(module, self.config.initializer_range)
 
 
 class PTv3Model(PTv3PreTrainedModel):
-    """Point Transformer V3 over voxelized scenes. Input: packed clouds; output: one ``dec_channels[0]`` feature per
-    voxel.
+    """Point Transformer V3 over voxelized scenes. Input: packed clouds; output: one ``config.hidden_size`` feature
+    per voxel (``dec_channels[0]``; with ``enc_mode``, the encoder stages upcast to the input voxels).
 
     Fusion point: ``"early"``. ``fusion_hook(voxels: SparseVoxels) -> SparseVoxels`` is called once, right after the
     embedding (``enc_channels[0]`` features), and may append voxels (``SparseVoxels.append``); the union is then
@@ -236,13 +302,16 @@ class PTv3Model(PTv3PreTrainedModel):
 
     def __init__(self, config: PTv3Config):
         super().__init__(config)
-        eps, momentum = config.bn_eps, config.bn_momentum
-        self.stem_conv = SubMConv3d(
-            config.in_channels, config.enc_channels[0], config.stem_kernel_size, padding=1, bias=False,
-            indice_key="stem",
-        )  # fmt: skip
-        self.stem_norm = nn.BatchNorm1d(config.enc_channels[0], eps=eps, momentum=momentum)
+        if config.stem_type == "linear":
+            self.stem_linear = nn.Linear(config.in_channels, config.enc_channels[0])
+        else:
+            self.stem_conv = SubMConv3d(
+                config.in_channels, config.enc_channels[0], config.stem_kernel_size, padding=1, bias=False,
+                indice_key="stem",
+            )  # fmt: skip
+        self.stem_norm = _norm(config.enc_channels[0], config)
         self.stem_act = nn.GELU()
+        self.mask_token = nn.Parameter(torch.zeros(1, config.enc_channels[0])) if config.mask_token else None
         num_stages = len(config.enc_depths)
         enc_dpr = linear_rates(config.drop_path, sum(config.enc_depths))
         self.enc = nn.ModuleList()
@@ -265,7 +334,7 @@ class PTv3Model(PTv3PreTrainedModel):
         dec_dpr = linear_rates(config.drop_path, sum(config.dec_depths))
         dec_channels = list(config.dec_channels) + [config.enc_channels[-1]]
         self.dec = nn.ModuleList()
-        for s in range(num_stages - 1):
+        for s in range(0 if config.enc_mode else num_stages - 1):
             lo = sum(config.dec_depths[:s])
             rates = dec_dpr[lo : lo + config.dec_depths[s]][::-1]
             unpooling = PTv3Unpooling(dec_channels[s + 1], config.enc_channels[s], dec_channels[s], config)
@@ -282,8 +351,29 @@ class PTv3Model(PTv3PreTrainedModel):
             )
         self.post_init()
 
+    def _upcast(self, stage_features: list[torch.Tensor], clusters: list[torch.Tensor]) -> torch.Tensor:
+        """Encoder-only output: the last stage's features carried back to the first stage's voxels through the
+        pooling clusters, concatenated on the way with the features of the ``enc_upcast_stages`` deepest stages
+        (shallowest first), as Pointcept's ``DefaultSegmentorV2`` / Sonata's demo walk ``pooling_parent`` /
+        ``pooling_inverse``: ``parent.feat = cat([parent.feat, point.feat[inverse]])``.
+
+        Args:
+            stage_features: ``[N_s, C_s]`` per encoder stage; clusters: ``[N_s]`` coarse row of each stage-``s`` row,
+                for ``s < S - 1``.
+        Returns:
+            ``[N_0, hidden_size]``.
+        """
+        num_stages = len(stage_features)
+        concat_from = num_stages - (self.config.enc_upcast_stages or num_stages)
+        out = stage_features[-1]
+        for s in reversed(range(num_stages - 1)):
+            out = out[clusters[s]]
+            if s >= concat_from:
+                out = torch.cat([stage_features[s], out], dim=-1)
+        return out
+
     def _serialize(self, voxels: SparseVoxels, coords: torch.Tensor) -> PTv3Level:
-        codes = torch.stack([serialize(voxels.grid_coords, voxels.batch_index, o) for o in self.config.order])
+        codes = _serialization_codes(voxels.grid_coords, voxels.batch_index, self.config)
         level = PTv3Level(voxels, coords, codes)
         if self.training and self.config.shuffle_orders:
             level.shuffle_orders()
@@ -297,6 +387,7 @@ class PTv3Model(PTv3PreTrainedModel):
         fusion_hook: FusionHook | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        mask: torch.Tensor | None = None,
     ) -> PointBackboneOutput | tuple:
         r"""
         Args:
@@ -306,6 +397,9 @@ class PTv3Model(PTv3PreTrainedModel):
             fusion_hook: optional callable ``SparseVoxels -> SparseVoxels`` run after the embedding.
             output_hidden_states: also return the features after the embedding (post-hook), each encoder stage and
                 each decoder stage.
+            mask: optional ``[P]`` bool, with ``config.mask_token``: the embedding of every voxel holding a masked
+                point is replaced by the mask token (Sonata's ``Embedding``; its inputs are grid-sampled already, one
+                point per voxel).
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -316,8 +410,20 @@ class PTv3Model(PTv3PreTrainedModel):
             if isinstance(module, PTv3Attention):
                 module.backend = attention_backend
         voxels, point_to_token = embed_scene(self.config, coords, features, offsets, self.training, self._input_dtype)
-        x = self.stem_conv(voxels)
-        x = x.replace_features(self.stem_act(self.stem_norm(x.features)))
+        if mask is not None and self.mask_token is None:
+            raise ValueError("`mask` needs a model built with `config.mask_token=True`")
+        if mask is not None and (mask.dtype != torch.bool or mask.shape != coords.shape[:1]):
+            raise ValueError(f"`mask` must be a bool tensor of shape [P] = [{coords.shape[0]}], got {mask.dtype} "
+                             f"{tuple(mask.shape)}")  # fmt: skip
+        if self.config.stem_type == "linear":
+            x = voxels.replace_features(self.stem_act(self.stem_norm(self.stem_linear(voxels.features))))
+        else:
+            x = self.stem_conv(voxels)
+            x = x.replace_features(self.stem_act(self.stem_norm(x.features)))
+        if mask is not None:
+            masked = torch.zeros(x.features.shape[0], dtype=torch.long, device=mask.device)
+            masked = masked.scatter_reduce(0, point_to_token, mask.long(), reduce="amax") > 0  # any point of the voxel
+            x = x.replace_features(torch.where(masked[:, None], self.mask_token.to(x.features.dtype), x.features))
         x, point_to_token = apply_fusion_hook(x, fusion_hook, point_to_token)
         anchors, batch_index = x.coords, x.batch_index
         shuffle = self.training and self.config.shuffle_orders
@@ -333,6 +439,8 @@ class PTv3Model(PTv3PreTrainedModel):
                 clusters.append(cluster)
             feats = stage.run_blocks(feats, levels[-1])
             hidden.append(feats)
+        if self.config.enc_mode:
+            feats = self._upcast(hidden[1:], clusters)
         for s in reversed(range(len(self.dec))):
             stage = self.dec[s]
             if self.config.legacy_unpooling_cpe:
