@@ -172,8 +172,8 @@ def test_inductor_compiles_the_kernels_into_a_full_graph():
 @require_cuda
 @pytest.mark.parametrize("name", ["pointmlp", "point_transformer", "mamba3d", "pcm"])
 def test_backbones_with_fused_ops_equal_their_twin_path(name):
-    from tests.models.object_backbone_common import make_points
-    from tests.models.test_reliability import build
+    from ..models.object_backbone_common import make_points
+    from ..models.test_reliability import build
 
     model = build(name).cuda().eval()
     points = make_points(4, 64).cuda()
