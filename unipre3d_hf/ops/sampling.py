@@ -15,9 +15,10 @@ and triton is installed, and the torch code below otherwise. ``set_fused_ops(Fal
 the environment when this module is imported, makes "auto" always take the torch twins. The kernels measure direct
 differences in float32 (no centring needed; the twins' kNN / ball query use the centred matmul expansion, so they agree
 up to float32 rounding: a neighbour whose distance ties the k-th one, or the radius, to float32 precision may differ).
-Ties go to the lowest index in both (FPS: as ``argmax``; kNN kernel: equal distances in index order, where
-``torch.topk`` leaves their order unspecified). They are ``torch.library`` custom ops, so ``torch.compile`` traces them
-as single nodes. Indices carry no gradient.
+Ties: FPS takes the lowest index in both (``argmax``'s first maximum); the kNN kernel returns equal distances in index
+order, where the twin's ``torch.topk`` leaves their order unspecified; ball query lists hits in index order in both.
+The kernels are ``torch.library`` custom ops, so ``torch.compile`` traces each as one node. Indices carry no gradient
+(nor do kNN distances, in both).
 """
 
 from __future__ import annotations
