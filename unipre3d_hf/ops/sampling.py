@@ -71,8 +71,13 @@ def _use_triton(name: str, backend: str, query: torch.Tensor, points: torch.Tens
 
 
 # The kernels as custom ops: torch.compile sees one opaque node (its fake kernel gives the output shapes) instead of
-# tracing into the launcher. triton is imported on the first call.
-@torch.library.custom_op("unipre3d_hf::farthest_point_sample", mutates_args=())
+# tracing into the launcher. triton is imported on the first call. The schemas are written out: torch 2.4's schema
+# inference does not read the string annotations of ``from __future__ import annotations``.
+@torch.library.custom_op(
+    "unipre3d_hf::farthest_point_sample",
+    mutates_args=(),
+    schema="(Tensor points, int num_samples, int start_index) -> Tensor",
+)
 def _fps_triton(points: torch.Tensor, num_samples: int, start_index: int) -> torch.Tensor:
     from . import _triton_sampling
 
@@ -84,7 +89,9 @@ def _(points, num_samples, start_index):
     return points.new_empty((points.shape[0], num_samples), dtype=torch.long)
 
 
-@torch.library.custom_op("unipre3d_hf::knn", mutates_args=())
+@torch.library.custom_op(
+    "unipre3d_hf::knn", mutates_args=(), schema="(Tensor query, Tensor points, int k) -> (Tensor, Tensor)"
+)
 def _knn_triton(query: torch.Tensor, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     from . import _triton_sampling
 
@@ -97,7 +104,9 @@ def _(query, points, k):
     return query.new_empty(shape, dtype=torch.float32), query.new_empty(shape, dtype=torch.long)
 
 
-@torch.library.custom_op("unipre3d_hf::ball_query", mutates_args=())
+@torch.library.custom_op(
+    "unipre3d_hf::ball_query", mutates_args=(), schema="(Tensor query, Tensor points, float radius, int k) -> Tensor"
+)
 def _ball_query_triton(query: torch.Tensor, points: torch.Tensor, radius: float, k: int) -> torch.Tensor:
     from . import _triton_sampling
 
