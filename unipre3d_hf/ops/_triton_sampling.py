@@ -17,6 +17,7 @@ With ``TRITON_INTERPRET=1`` set before this module is imported, the kernels run 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -141,6 +142,11 @@ def _prepare(name: str, x: torch.Tensor) -> torch.Tensor:
     return x.detach().contiguous()
 
 
+def _device(x: torch.Tensor):
+    """triton launches on the current CUDA device: make it the tensors' (a process may hold several GPUs)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _block_n(n: int) -> int:
     if n > MAX_POINTS:
         raise ValueError(f"the triton sampling kernels take clouds of at most {MAX_POINTS} points, got N={n}")
@@ -164,9 +170,11 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int, start_index: i
     out = torch.empty(B, num_samples, dtype=torch.long, device=points.device)
     if B:
         num_warps = min(16, max(1, block_n // 256))
-        _fps_kernel[(B,)](
-            points, out, N, num_samples, start_index, D=D, BLOCK_N=block_n, num_warps=num_warps, enable_fp_fusion=False
-        )
+        with _device(points):
+            _fps_kernel[(B,)](
+                points, out, N, num_samples, start_index, D=D, BLOCK_N=block_n, num_warps=num_warps,
+                enable_fp_fusion=False,
+            )  # fmt: skip
     return out
 
 
@@ -179,10 +187,11 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int) -> tuple[torch.Tensor
     dist = torch.empty(B, S, k, dtype=torch.float32, device=points.device)
     idx = torch.empty(B, S, k, dtype=torch.long, device=points.device)
     if B and S:
-        _knn_kernel[(triton.cdiv(S, block_q), B)](
-            query, points, dist, idx, S, N, k, D=D, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=num_warps,
-            enable_fp_fusion=False,
-        )  # fmt: skip
+        with _device(points):
+            _knn_kernel[(triton.cdiv(S, block_q), B)](
+                query, points, dist, idx, S, N, k, D=D, BLOCK_Q=block_q, BLOCK_N=block_n, num_warps=num_warps,
+                enable_fp_fusion=False,
+            )  # fmt: skip
     return dist, idx
 
 
@@ -195,8 +204,9 @@ def ball_query(query: torch.Tensor, points: torch.Tensor, radius: float, k: int)
     idx = torch.empty(B, S, k, dtype=torch.long, device=points.device)
     if B and S:
         # radius^2 rounded once to float32, as the twin's ``d < radius * radius`` on a float32 tensor
-        _ball_query_kernel[(triton.cdiv(S, block_q), B)](
-            query, points, idx, S, N, k, radius * radius, D=D, BLOCK_Q=block_q, BLOCK_N=block_n,
-            BLOCK_K=triton.next_power_of_2(k), num_warps=num_warps, enable_fp_fusion=False,
-        )  # fmt: skip
+        with _device(points):
+            _ball_query_kernel[(triton.cdiv(S, block_q), B)](
+                query, points, idx, S, N, k, radius * radius, D=D, BLOCK_Q=block_q, BLOCK_N=block_n,
+                BLOCK_K=triton.next_power_of_2(k), num_warps=num_warps, enable_fp_fusion=False,
+            )  # fmt: skip
     return idx
