@@ -15,7 +15,13 @@ import pytest
 import torch
 
 from unipre3d_hf.ops import sampling
-from unipre3d_hf.ops.sampling import ball_query, farthest_point_sample, gather_points, knn
+from unipre3d_hf.ops.sampling import (
+    ball_query,
+    farthest_point_sample,
+    farthest_point_sample_pointnet2,
+    gather_points,
+    knn,
+)
 from unipre3d_hf.testing_utils import require_cuda, write_report
 
 pytest.importorskip("triton")
@@ -74,6 +80,16 @@ def test_fps_kernel_equals_the_twin(kind, n, s):
     legacy = clouds("grid", 8, n, d=4, seed=1)  # PointMLP's legacy 4-channel path
     twin = farthest_point_sample(legacy, s, backend="torch")
     assert torch.equal(farthest_point_sample(legacy, s, backend="triton"), twin)
+
+
+@require_cuda
+def test_pointnet2_fps_kernel_equals_its_twin():
+    # Mamba3D's legacy_fps at its size: 128 centres of 32 x 1024 points, some at the centroid (skipped by both)
+    points = clouds("grid", 32, 1024, seed=5) - 0.5
+    points[:, :40] *= 0.02
+    ours = farthest_point_sample_pointnet2(points, 128, backend="triton")
+    assert torch.equal(ours, farthest_point_sample_pointnet2(points, 128, backend="torch"))
+    assert not (ours[:, 1:] < 40).any()
 
 
 def _float64_knn(query, points, k):

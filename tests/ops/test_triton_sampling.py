@@ -19,7 +19,12 @@ if torch.cuda.is_available():
     pytest.skip("CUDA is visible: test_sampling_gpu.py runs the compiled kernels", allow_module_level=True)
 
 from unipre3d_hf.ops import sampling  # noqa: E402
-from unipre3d_hf.ops.sampling import ball_query, farthest_point_sample, knn  # noqa: E402
+from unipre3d_hf.ops.sampling import (  # noqa: E402
+    ball_query,
+    farthest_point_sample,
+    farthest_point_sample_pointnet2,
+    knn,
+)
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.skipif(not INTERPRETING, reason="runs in the child pytest with TRITON_INTERPRET=1")
@@ -32,7 +37,7 @@ def test_in_the_triton_interpreter():
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     summary = done.stdout.strip().splitlines()[-1]
-    assert re.search(r"\b11 passed, 2 skipped\b", summary), summary  # all kernel tests ran; 2 are the parent's
+    assert re.search(r"\b12 passed, 2 skipped\b", summary), summary  # all kernel tests ran; 2 are the parent's
 
 
 def lattice_cloud(b, n, generator, side=6):
@@ -76,6 +81,19 @@ def test_fps_kernel_breaks_ties_as_argmax():
     # on a line, FPS from index 0 picks the far end next, then the middle
     line = torch.linspace(0, 1, 11).view(1, 11, 1).expand(1, 11, 3).contiguous()
     assert farthest_point_sample(line, 3, backend="triton")[0].tolist() == [0, 10, 5]
+
+
+@interpreted
+def test_pointnet2_fps_kernel_equals_its_twin():
+    g = torch.Generator().manual_seed(6)
+    points = torch.rand(3, 100, 3, generator=g) - 0.5
+    points[:, 10:20] *= 0.01  # |p|^2 <= 1e-3: never updated nor picked
+    points[2] = 0.0  # all but one point at the origin: after it, the only usable point again
+    points[2, 7] = 0.5
+    ours = farthest_point_sample_pointnet2(points, 30, backend="triton")
+    assert torch.equal(ours, farthest_point_sample_pointnet2(points, 30, backend="torch"))
+    assert not ((ours[:2] >= 10) & (ours[:2] < 20)).any()
+    assert ours[2].tolist() == [0] + [7] * 29
 
 
 def _clear_gaps(query, points, k):
@@ -186,8 +204,9 @@ def test_kernels_compile_for_sm90_without_fused_multiply_adds():
     from unipre3d_hf.ops import _triton_sampling as kernels
 
     cases = {
-        "fps": (kernels._fps_kernel, "*fp32", {"D": 3, "BLOCK_N": 1024}),
-        "fps bf16, 4 channels": (kernels._fps_kernel, "*bf16", {"D": 4, "BLOCK_N": 256}),
+        "fps": (kernels._fps_kernel, "*fp32", {"D": 3, "BLOCK_N": 1024, "POINTNET2": False}),
+        "fps bf16, 4 channels": (kernels._fps_kernel, "*bf16", {"D": 4, "BLOCK_N": 256, "POINTNET2": False}),
+        "fps, pointnet2_ops' variant": (kernels._fps_kernel, "*fp32", {"D": 3, "BLOCK_N": 1024, "POINTNET2": True}),
         "knn": (kernels._knn_kernel, "*fp32", {"D": 3, "BLOCK_Q": 4, "BLOCK_N": 1024}),
         "ball query": (kernels._ball_query_kernel, "*fp32", {"D": 3, "BLOCK_Q": 4, "BLOCK_N": 1024, "BLOCK_K": 32}),
     }

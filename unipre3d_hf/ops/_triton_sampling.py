@@ -31,8 +31,10 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "
 
 
 @triton.jit(do_not_specialize=["start"])  # a start of 1 would become a constexpr, not a loop-carried int
-def _fps_kernel(points_ptr, out_ptr, N, S, start, D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One program per cloud: the whole S-step loop, the cloud and its min-distances in registers."""
+def _fps_kernel(points_ptr, out_ptr, N, S, start, D: tl.constexpr, BLOCK_N: tl.constexpr, POINTNET2: tl.constexpr):
+    """One program per cloud: the whole S-step loop, the cloud and its min-distances in registers. ``POINTNET2``:
+    pointnet2_ops' variant (``sampling.farthest_point_sample_pointnet2``: points with |p|^2 <= 1e-3 are never
+    updated nor picked, distances start at 1e10)."""
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_N)
     valid = offs < N
@@ -45,7 +47,18 @@ def _fps_kernel(points_ptr, out_ptr, N, S, start, D: tl.constexpr, BLOCK_N: tl.c
     if D > 3:
         w = tl.load(base + offs * D + 3, mask=valid, other=0.0).to(tl.float32)
     # padding lanes hold -1 (real distances are >= 0) so that they never win the argmax
-    min_dist = tl.where(valid, float("inf"), -1.0)
+    if POINTNET2:
+        norm = x * x
+        if D > 1:
+            norm = norm + y * y
+        if D > 2:
+            norm = norm + z * z
+        if D > 3:
+            norm = norm + w * w
+        usable = valid & (norm > 1e-3)
+        min_dist = tl.where(valid, 1e10, -1.0)
+    else:
+        min_dist = tl.where(valid, float("inf"), -1.0)
     cur = start
     for i in range(S):
         tl.store(out_ptr + b * S + i, cur.to(tl.int64))
@@ -60,8 +73,12 @@ def _fps_kernel(points_ptr, out_ptr, N, S, start, D: tl.constexpr, BLOCK_N: tl.c
         if D > 3:
             dw = w - tl.load(base + cur * D + 3).to(tl.float32)
             d = d + dw * dw
-        min_dist = tl.minimum(min_dist, d)
-        cur = tl.argmax(min_dist, 0, tie_break_left=True)
+        if POINTNET2:
+            min_dist = tl.where(usable, tl.minimum(min_dist, d), min_dist)
+            cur = tl.argmax(tl.where(usable, min_dist, -1.0), 0, tie_break_left=True)
+        else:
+            min_dist = tl.minimum(min_dist, d)
+            cur = tl.argmax(min_dist, 0, tie_break_left=True)
 
 
 @triton.jit
@@ -160,8 +177,11 @@ def _query_block(block_n: int) -> tuple[int, int]:
     return block_q, 4 if block_q * block_n <= 4096 else 8
 
 
-def farthest_point_sample(points: torch.Tensor, num_samples: int, start_index: int) -> torch.Tensor:
-    """``points [B, N, D]`` (D <= 4) -> ``[B, num_samples]`` long, as ``sampling.farthest_point_sample``."""
+def farthest_point_sample(
+    points: torch.Tensor, num_samples: int, start_index: int, pointnet2: bool = False
+) -> torch.Tensor:
+    """``points [B, N, D]`` (D <= 4) -> ``[B, num_samples]`` long, as ``sampling.farthest_point_sample`` (or, with
+    ``pointnet2``, as ``sampling.farthest_point_sample_pointnet2`` from ``start_index`` 0)."""
     points = _prepare("points", points)
     B, N, D = points.shape
     if not 1 <= D <= 4:
@@ -172,8 +192,8 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int, start_index: i
         num_warps = min(16, max(1, block_n // 256))
         with _device(points):
             _fps_kernel[(B,)](
-                points, out, N, num_samples, start_index, D=D, BLOCK_N=block_n, num_warps=num_warps,
-                enable_fp_fusion=False,
+                points, out, N, num_samples, start_index, D=D, BLOCK_N=block_n, POINTNET2=pointnet2,
+                num_warps=num_warps, enable_fp_fusion=False,
             )  # fmt: skip
     return out
 

@@ -8,13 +8,14 @@ promoted to float32), and the matmul expansion of ``square_distance`` runs on cl
 neighbour sets do not depend on where a cloud sits (uncentred float32, 37 % of the kNN sets were wrong at an offset of
 100 and all at 1000).
 
-Fused kernels: ``farthest_point_sample``, ``knn`` and ``ball_query`` take ``backend="auto" | "torch" | "triton"``.
-"auto" runs the Triton kernels of ``_triton_sampling.py`` (the whole FPS loop in one launch; kNN and ball query without
-a ``[B, S, N]`` distance matrix) when the inputs are CUDA float32 / float16 / bfloat16 clouds of at most 8,192 points
-and triton is installed, and the torch code below otherwise. ``set_fused_ops(False)``, or ``UNIPRE3D_FUSED_OPS=0`` in
-the environment when this module is imported, makes "auto" always take the torch twins. The kernels measure direct
-differences in float32 (no centring needed; the twins' kNN / ball query use the centred matmul expansion, so they agree
-up to float32 rounding: a neighbour whose distance ties the k-th one, or the radius, to float32 precision may differ).
+Fused kernels: ``farthest_point_sample`` (and ``farthest_point_sample_pointnet2``), ``knn`` and ``ball_query`` take
+``backend="auto" | "torch" | "triton"``. "auto" runs the Triton kernels of ``_triton_sampling.py`` (the whole FPS loop
+in one launch; kNN and ball query without a ``[B, S, N]`` distance matrix) when the inputs are CUDA float32 / float16 /
+bfloat16 clouds of at most 8,192 points and triton is installed, and the torch code below otherwise.
+``set_fused_ops(False)``, or ``UNIPRE3D_FUSED_OPS=0`` in the environment when this module is imported, makes "auto"
+always take the torch twins. The kernels measure direct differences in float32 (no centring needed; the twins' kNN /
+ball query use the centred matmul expansion, so they agree up to float32 rounding: a neighbour whose distance ties the
+k-th one, or the radius, to float32 precision may differ).
 Ties: FPS takes the lowest index in both (``argmax``'s first maximum); the kNN kernel returns equal distances in index
 order, where the twin's ``torch.topk`` leaves their order unspecified; ball query lists hits in index order in both.
 The kernels are ``torch.library`` custom ops, so ``torch.compile`` traces each as one node. Indices carry no gradient
@@ -76,16 +77,16 @@ def _use_triton(name: str, backend: str, query: torch.Tensor, points: torch.Tens
 @torch.library.custom_op(
     "unipre3d_hf::farthest_point_sample",
     mutates_args=(),
-    schema="(Tensor points, int num_samples, int start_index) -> Tensor",
+    schema="(Tensor points, int num_samples, int start_index, bool pointnet2) -> Tensor",
 )
-def _fps_triton(points: torch.Tensor, num_samples: int, start_index: int) -> torch.Tensor:
+def _fps_triton(points: torch.Tensor, num_samples: int, start_index: int, pointnet2: bool) -> torch.Tensor:
     from . import _triton_sampling
 
-    return _triton_sampling.farthest_point_sample(points, num_samples, start_index)
+    return _triton_sampling.farthest_point_sample(points, num_samples, start_index, pointnet2)
 
 
 @_fps_triton.register_fake
-def _(points, num_samples, start_index):
+def _(points, num_samples, start_index, pointnet2):
     return points.new_empty((points.shape[0], num_samples), dtype=torch.long)
 
 
@@ -176,7 +177,7 @@ def farthest_point_sample(
     if not 0 <= start_index < N:
         raise ValueError(f"farthest_point_sample: `start_index` must be in [0, N={N}), got {start_index}")
     if _use_triton("farthest_point_sample", backend, points, points):
-        return _fps_triton(points.detach(), num_samples, start_index)
+        return _fps_triton(points.detach(), num_samples, start_index, False)
     pts = points.detach().to(distance_dtype(points))
     min_dist = torch.full((B, N), float("inf"), dtype=pts.dtype, device=points.device)
     batch = torch.arange(B, device=points.device)
@@ -281,7 +282,7 @@ def three_nn_interpolate(
     return (gather_points(features, idx) * weight.unsqueeze(-1)).sum(dim=2)
 
 
-def farthest_point_sample_pointnet2(points: torch.Tensor, num_samples: int) -> torch.LongTensor:
+def farthest_point_sample_pointnet2(points: torch.Tensor, num_samples: int, backend: str = "auto") -> torch.LongTensor:
     """Farthest point sampling exactly as pointnet2_ops' CUDA kernel (``furthest_point_sampling_kernel``, which
     Point-MAE-style models such as Mamba3D call through ``misc.fps``), for parity with their checkpoints.
 
@@ -294,6 +295,7 @@ def farthest_point_sample_pointnet2(points: torch.Tensor, num_samples: int) -> t
     Args:
         points: ``[B, N, 3]``.
         num_samples: ``S <= N``.
+        backend: "auto", "torch" or "triton" (see the module docstring).
     Returns:
         ``[B, S]`` long indices.
     """
@@ -301,6 +303,8 @@ def farthest_point_sample_pointnet2(points: torch.Tensor, num_samples: int) -> t
     B, N, _ = points.shape
     if not 0 < num_samples <= N:
         raise ValueError(f"farthest_point_sample_pointnet2: `num_samples` must be in [1, N={N}], got {num_samples}")
+    if _use_triton("farthest_point_sample_pointnet2", backend, points, points):
+        return _fps_triton(points.detach(), num_samples, 0, True)
     pts = points.detach().float()
     valid = (pts * pts).sum(-1) > 1e-3
     min_dist = torch.full((B, N), 1e10, device=points.device)
