@@ -144,3 +144,17 @@ def test_scannet_converter_on_a_fake_tree(tmp_path):
     color = np.asarray(decode_image(row["images"][0]))[..., 0].astype(float)
     # the white stripe at colour column 648 (the colour camera's centre) lands at the stored image's centre column
     assert abs(color.mean(0).argmax() - 79.5) <= 1.0
+
+
+def test_a_rebuilt_or_copied_set_is_never_read_from_a_stale_cache(tmp_path):
+    """Two folders of the same name and the same card but different rows (a copy trimmed elsewhere, a set rebuilt in
+    place): ``datasets.load_dataset(<folder>)`` keys its cache by name and card and would return the first one's rows;
+    the package's loaders read the files named, so each folder gives its own rows."""
+    a, b = tmp_path / "a" / "objects", tmp_path / "b" / "objects"
+    _write(a, OBJECT_FEATURES, [object_row("o0", views=3, seed=0)])
+    _write(b, OBJECT_FEATURES, [object_row("o0", views=5, seed=1)])
+    (b / "README.md").write_text((a / "README.md").read_text())  # the same card (sizes aside, it would be)
+    assert len(load_pretraining_dataset(str(a))[0]["images"]) == 3
+    assert len(load_pretraining_dataset(str(b))[0]["images"]) == 5
+    with pytest.raises(ValueError, match="split 'validation' not found.*splits there: \\['train'\\]"):
+        load_pretraining_dataset(str(a), split="validation")

@@ -42,6 +42,7 @@ __all__ = [
     "dataset_output",
     "write_dataset_card",
     "load_pretraining_dataset",
+    "load_split_dataset",
     "raw_features",
 ]
 
@@ -391,6 +392,31 @@ def write_dataset_card(
     return path
 
 
+def load_split_dataset(path: str, split: str, streaming: bool = False, features: Features | None = None):
+    """One split of a dataset: a local folder this package wrote (``<path>/data/<split>-*.parquet``) or a Hub id.
+
+    A local folder is read through the ``parquet`` builder with its files named explicitly, so that the ``datasets``
+    cache is keyed by the files' paths and modification times. ``datasets.load_dataset(<folder>)`` keys it by the
+    folder's name and card alone (datasets 5.2): a rebuilt set, or another folder of the same name with the same card,
+    would silently come back as the rows cached from the first one.
+    """
+    import datasets
+
+    if not os.path.isdir(path):
+        return datasets.load_dataset(path, split=split, streaming=streaming, features=features)
+    data_dir = os.path.join(path, "data")
+    names = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
+    files = [os.path.join(data_dir, n) for n in names if n.startswith(f"{split}-") and n.endswith(".parquet")]
+    if not files:
+        splits = sorted({n.split("-")[0] for n in names if n.endswith(".parquet")})
+        raise ValueError(
+            f"split {split!r} not found in {path}: no {data_dir}/{split}-*.parquet (splits there: {splits or 'none'})"
+        )
+    return datasets.load_dataset(
+        "parquet", data_files={split: files}, split=split, streaming=streaming, features=features
+    )
+
+
 def load_pretraining_dataset(path: str, split: str = "train", streaming: bool = False, level: str | None = None):
     """Load a dataset written by this package (a local folder or a Hub id) for the pre-training collators.
 
@@ -398,14 +424,13 @@ def load_pretraining_dataset(path: str, split: str = "train", streaming: bool = 
     formatted as NumPy so that point arrays arrive as ``[N, 3]`` arrays. ``level`` (``"object"`` or ``"scene"``)
     picks the schema; by default it is read from the columns.
     """
-    import datasets
 
     if level is None:
-        probe = datasets.load_dataset(path, split=split, streaming=True)
+        probe = load_split_dataset(path, split, streaming=True)
         columns = set(probe.features or {})
         level = "scene" if "coords" in columns else "object"
     if level not in ("object", "scene"):
         raise ValueError(f"`level` must be 'object' or 'scene', got {level!r}")
     features = raw_features(OBJECT_FEATURES if level == "object" else SCENE_FEATURES)
-    ds = datasets.load_dataset(path, split=split, streaming=streaming, features=features)
+    ds = load_split_dataset(path, split, streaming=streaming, features=features)
     return ds.with_format("numpy")

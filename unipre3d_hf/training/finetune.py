@@ -222,15 +222,15 @@ def load_backbone_weights(model, init: str, strict: bool = True) -> dict:
 # ---------------------------------------------------------------------------------------------------------- data
 def load_split(args: FinetuneArguments, split: str, columns: Sequence[str]):
     """The split as a ``datasets.Dataset`` holding only ``columns`` (those present)."""
-    import datasets
+    from ..data.schemas import load_split_dataset
 
     if args.dataset in MINI_SETS:
         from ..data import load_mini_dataset
 
         load_mini_dataset(args.dataset, root=args.data_root, split=split)  # builds it when missing
-        ds = datasets.load_dataset(os.path.join(args.data_root, args.dataset), split=split)
+        ds = load_split_dataset(os.path.join(args.data_root, args.dataset), split)
     else:
-        ds = datasets.load_dataset(args.dataset, split=split)
+        ds = load_split_dataset(args.dataset, split)
     return ds.select_columns([c for c in columns if c in ds.column_names])
 
 
