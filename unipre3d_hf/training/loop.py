@@ -55,8 +55,8 @@ from .optim import LR_SCHEDULERS, all_grads_finite, build_optimizer, build_sched
 from .tracking import build_trackers, to_json_value
 
 __all__ = [
-    "TrainingArguments", "TrainingTask", "lock_output_dir", "optimizer_skips_on_device", "run_training",
-    "train_micro_step", "weights_checksum",
+    "TrainingArguments", "TrainingTask", "build_optimizer_and_scheduler", "lock_output_dir",
+    "optimizer_skips_on_device", "run_training", "train_micro_step", "weights_checksum",
 ]  # fmt: skip
 
 logger = logging.getLogger("unipre3d_hf.training")
@@ -394,6 +394,24 @@ def _resume(args, accelerator, model, optimizer, scheduler, ema) -> tuple[str | 
     return None, {}
 
 
+def build_optimizer_and_scheduler(args: TrainingArguments, task: TrainingTask, model: nn.Module, device) -> tuple:
+    """The run's AdamW (``task.parameter_groups``; fused on CUDA unless ``fused_optimizer`` says otherwise) and its
+    learning-rate schedule. Moves ``model`` to ``device`` first: the optimizer's state follows its parameters."""
+    model.to(device)
+    fused = args.fused_optimizer
+    if fused is None:
+        fused = torch.device(device).type == "cuda"
+    optimizer = build_optimizer(
+        task.parameter_groups(model), lr=args.learning_rate, weight_decay=args.weight_decay,
+        betas=tuple(args.adam_betas), eps=args.adam_epsilon, fused=fused,
+    )  # fmt: skip
+    scheduler = build_scheduler(
+        optimizer, args.lr_step_size, args.lr_gamma, schedule=args.lr_scheduler, warmup_steps=args.warmup_steps,
+        total_steps=args.max_steps, min_lr=args.min_learning_rate,
+    )  # fmt: skip
+    return optimizer, scheduler
+
+
 def optimizer_skips_on_device(optimizer, accelerator) -> bool:
     """Whether a step with a non-finite gradient can be skipped on the device (no host sync): a fused Adam / AdamW and
     no fp16 GradScaler (which sets the optimizer's ``found_inf`` itself)."""
@@ -486,18 +504,7 @@ def _train(args: TrainingArguments, task: TrainingTask, accelerator, received: d
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.torch_compile:
         model = task.compile_model(model, args.torch_compile_mode, args.torch_compile_backend)
-    model.to(accelerator.device)  # before the optimizer, which picks its fused kernel by the parameters' device
-    fused = args.fused_optimizer
-    if fused is None:
-        fused = accelerator.device.type == "cuda"
-    optimizer = build_optimizer(
-        task.parameter_groups(model), lr=args.learning_rate, weight_decay=args.weight_decay,
-        betas=tuple(args.adam_betas), eps=args.adam_epsilon, fused=fused,
-    )  # fmt: skip
-    scheduler = build_scheduler(
-        optimizer, args.lr_step_size, args.lr_gamma, schedule=args.lr_scheduler, warmup_steps=args.warmup_steps,
-        total_steps=args.max_steps, min_lr=args.min_learning_rate,
-    )  # fmt: skip
+    optimizer, scheduler = build_optimizer_and_scheduler(args, task, model, accelerator.device)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     ema = None
     if args.use_ema:
