@@ -405,8 +405,9 @@ SCENE_PRESETS = ("sparse_unet", "ptv3")
 # pinned non-blocking copies, torch.compile)
 BASELINE_ARGS = ["--fused_optimizer", "false", "--pin_memory", "false", "--torch_compile", "false",
                  "--model.image_encoder_precision", "float32"]  # fmt: skip
-CUDA_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
-CUDA_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+# CUDA runtime / driver calls, by name prefix (CUPTI may add a version suffix, e.g. cudaLaunchKernelExC_v11060)
+CUDA_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuGraphLaunch")
+CUDA_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize")
 # ops that make the host wait for a GPU (their result's value or size lives on the device)
 SYNCING_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::unique_dim",
                "aten::unique_consecutive", "aten::masked_select")  # fmt: skip
@@ -450,14 +451,17 @@ def _profile_counts(step, device: torch.device, steps: int) -> dict:
         _sync(device)
     events = prof.events()
     names = [e.name for e in events]
+    syncs = CUDA_SYNCS if device.type == "cuda" else SYNCING_OPS
     counts = {
         "aten_ops_per_step": sum(n.startswith("aten::") for n in names) / steps,
-        "host_syncs_per_step": sum(n in (CUDA_SYNCS if device.type == "cuda" else SYNCING_OPS) for n in names) / steps,
+        "host_syncs_per_step": sum(n.startswith(syncs) if device.type == "cuda" else n in syncs for n in names) / steps,
     }
+    if device.type == "cuda":  # not the synchronize that closes the profiled window
+        counts["host_syncs_per_step"] -= 1 / steps
     if device.type == "cuda":
         kernel_us = sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA)
         counts["kernel_ms_per_step"] = kernel_us / 1e3 / steps
-        counts["launches_per_step"] = sum(n in CUDA_LAUNCHES for n in names) / steps
+        counts["launches_per_step"] = sum(n.startswith(CUDA_LAUNCHES) for n in names) / steps
         counts["syncing_ops_per_step"] = sum(n in SYNCING_OPS for n in names) / steps
     return counts
 
