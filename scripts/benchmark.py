@@ -580,10 +580,17 @@ def _step_row(args, extra: list[str], dataset: str, accelerator, baseline: bool,
 
 
 def bench_step(args, extra: list[str]) -> list[dict]:
+    """Rows of every preset of ``--preset`` (comma-separated, one level); a preset that fails gets an error row and
+    the others still run."""
     from accelerate import Accelerator
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    level = "scene" if args.preset in SCENE_PRESETS else "object"
+    presets = args.preset.split(",")
+    unknown = [p for p in presets if p not in STEP_PRESETS]
+    levels = {"scene" if p in SCENE_PRESETS else "object" for p in presets}
+    if unknown or len(levels) != 1:
+        raise SystemExit(f"step: --preset takes presets of one level among {list(STEP_PRESETS)}, got {args.preset!r}")
+    level = levels.pop()
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if args.bf16 else "no")
     rows = []
     with tempfile.TemporaryDirectory(prefix="unipre3d-step-") as tmp:
@@ -602,22 +609,37 @@ def bench_step(args, extra: list[str]) -> list[dict]:
                 print("step: diffusers is not installed: the rows use the small conv image encoder, not the SD VAE",
                       file=sys.stderr)  # fmt: skip
                 extra = [*extra, "--model.image_encoder", "conv"]
-        for baseline in (True, False) if args.compare_baseline else (False,):
-            rows.append(_step_row(args, extra, dataset, accelerator, baseline, os.path.join(tmp, "run")))
-            accelerator.free_memory()  # the variant's model and optimizer go before the next one is built
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-    if args.compare_baseline:
-        before, after = rows
-        ratio = {
-            "benchmark": "step-ratio", "preset": args.preset, "bf16": args.bf16, "device": str(device),
-            "baseline_step_ms": before["step_ms"], "levers_step_ms": after["step_ms"],
-            "speedup": before["step_ms"] / after["step_ms"],
-        }  # fmt: skip
-        print(json.dumps(ratio), flush=True)
-        rows.append(ratio)
+        for preset in presets:
+            one = argparse.Namespace(**{**vars(args), "preset": preset})
+            variants = []
+            try:
+                for baseline in (True, False) if args.compare_baseline else (False,):
+                    variants.append(_step_row(one, extra, dataset, accelerator, baseline, os.path.join(tmp, "run")))
+                    accelerator.free_memory()  # the variant's model and optimizer go before the next one is built
+                    gc.collect()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                        torch.cuda.reset_peak_memory_stats(device)
+            except Exception as err:  # reported as a row; the other presets still run
+                error = {
+                    "benchmark": "step",
+                    "preset": preset,
+                    "bf16": args.bf16,
+                    "error": f"{type(err).__name__}: {err}",
+                }
+                print(json.dumps(error), flush=True)
+                rows += [*variants, error]
+                continue
+            rows += variants
+            if args.compare_baseline:
+                before, after = variants
+                ratio = {
+                    "benchmark": "step-ratio", "preset": preset, "bf16": args.bf16, "device": str(device),
+                    "baseline_step_ms": before["step_ms"], "levers_step_ms": after["step_ms"],
+                    "speedup": before["step_ms"] / after["step_ms"],
+                }  # fmt: skip
+                print(json.dumps(ratio), flush=True)
+                rows.append(ratio)
     return rows
 
 
@@ -681,7 +703,7 @@ def main(argv: list[str] | None = None) -> None:
     p_scan.add_argument("--output", default=None, help="also write the results as JSON to this file")
     p_scan.set_defaults(func=bench_selective_scan)
     p_step = sub.add_parser("step", help="whole pre-training steps of a paper preset on a real mini-set batch")
-    p_step.add_argument("--preset", choices=list(STEP_PRESETS), required=True)
+    p_step.add_argument("--preset", required=True, help=f"one or more (comma-separated) of {','.join(STEP_PRESETS)}")
     p_step.add_argument("--scenes", type=int, choices=[1, 4], default=1, help="scenes per batch (scene presets)")
     p_step.add_argument("--dataset", default=None, help="a pre-built objects-mini / scenes-mini folder (default: "
                         "build one into a temporary folder, which needs pybullet)")  # fmt: skip
