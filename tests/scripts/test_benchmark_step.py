@@ -56,7 +56,7 @@ def test_object_step_compares_baseline_and_levers(tmp_path):
 
 def test_scene_step_runs_one_variant(tmp_path):
     data = tmp_path / "scenes"
-    build_scenes_mini(str(data), num_scenes=2, frames=6, width=32, height=24, voxel_size=0.05, seed=1,
+    build_scenes_mini(str(data), num_scenes=1, frames=4, width=32, height=24, voxel_size=0.05, seed=1,
                       show_progress=False)  # fmt: skip
     (row,) = _rows(tmp_path, [
         "--preset", "sparse_unet", "--dataset", str(data), "--scenes", "1", *QUICK, *TINY_IMAGES,
