@@ -28,17 +28,45 @@ clustering alone on oracle predictions (the walls cut into 1 m patches, each an 
 voxel shifted onto its patch centre with 1 cm noise: the dense case a trained model gives):
 
     python scripts/benchmark.py instance --points 100000 --sparse-conv spconv
+
+`step` times whole pre-training steps (issue 17) of one of the six paper presets on one real mini-set batch at the
+paper's sizes, through the training loop's own ``train_micro_step`` (forward, backward, non-finite check, clipping,
+AdamW, schedule): objects, 32 clouds of 1,024 points with 1 reference + 4 supervision views at 128x128 of
+objects-mini; scenes, ``--scenes`` 1 or 4 rooms of scenes-mini with 8 + 8 RGB-D frames at 160x120 (PTv3: at most
+80,000 points per scene). ``--compare-baseline`` runs the same batch and seeds twice in one process, with every lever
+of issue 17 off (foreach AdamW and the host-side NaN check, fp32 SD VAE, pageable blocking copies, no compile), then
+on, and prints both rows and their ratio. Options after the known ones go to the preset's arguments (e.g.
+``--model.image_encoder conv``, ``--batch_size 2``)::
+
+    python scripts/benchmark.py step --preset pointmlp --compare-baseline --json outputs/step_pointmlp.json
+    python scripts/benchmark.py step --preset ptv3 --scenes 4 --bf16 --compare-baseline --dataset data/scenes-mini
+    python scripts/benchmark.py step --preset pcm --device cpu --steps 1 --warmup 0 --batch_size 2
+
+Reported per row: ``step_ms`` (median wall time of one step, synchronised), ``kernel_ms_per_step`` and
+``gpu_busy`` (the summed duration of every CUDA kernel, memcpy and memset the profiler records over
+``--profile-steps`` steps, per step, divided by ``step_ms``: 1.0 is a GPU that never waits for the host; overlapping
+streams could push it past 1), ``launches_per_step`` (CUDA kernel / graph launch calls) and ``host_syncs_per_step``
+(CUDA synchronisations; on CPU, the ops that would synchronise on a GPU: ``.item()``, ``nonzero``, boolean-mask
+indexing, ``unique``), ``aten_ops_per_step``, and the breakdown, each a median of ``--steps`` synchronised repeats:
+``backbone_ms`` (the backbone's forward + backward alone on the batch, no fusion), ``render_ms`` (rasterizing the
+step's Gaussians into the supervision views, forward + backward), ``image_encoder_ms`` (the frozen SD VAE, or the
+image encoder the preset uses, forward), ``optimizer_ms`` (``optimizer.step()``) and ``copy_ms`` (the batch from host
+to device memory: pinned + non_blocking when the levers are on).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -368,6 +396,253 @@ def bench_selective_scan(args) -> list[dict]:
     return rows
 
 
+STEP_PRESETS = {  # --preset -> configs/pretrain/<name>.yaml
+    "pointmlp": "pointmlp_shapenet", "point_transformer": "point_transformer_shapenet", "mamba3d": "mamba3d_shapenet",
+    "pcm": "pcm_shapenet", "sparse_unet": "sparse_unet_scannet", "ptv3": "ptv3_scannet",
+}  # fmt: skip
+SCENE_PRESETS = ("sparse_unet", "ptv3")
+# every lever of issue 17 off: the step as main ran it before (fused AdamW and its on-device NaN skip, bf16 VAE,
+# pinned non-blocking copies, torch.compile)
+BASELINE_ARGS = ["--fused_optimizer", "false", "--pin_memory", "false", "--torch_compile", "false",
+                 "--model.image_encoder_precision", "float32"]  # fmt: skip
+# CUDA runtime / driver calls, by name prefix (CUPTI may add a version suffix, e.g. cudaLaunchKernelExC_v11060)
+CUDA_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuGraphLaunch")
+CUDA_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cuStreamSynchronize")
+# ops that make the host wait for a GPU (their result's value or size lives on the device)
+SYNCING_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::unique_dim",
+               "aten::unique_consecutive", "aten::masked_select")  # fmt: skip
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+
+
+def _median_ms(fn, device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _random_sd_vae(folder: str) -> str:
+    """stabilityai/sd-vae-ft-mse's architecture (diffusers' AutoencoderKL defaults with its four blocks, 128-512
+    channels, 2 layers each) with random weights, saved to ``folder``: the same compute as the real VAE, for machines
+    that cannot download it."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512,
+    ).save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+def _profile_counts(step, device: torch.device, steps: int) -> dict:
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    events = prof.events()
+    names = [e.name for e in events]
+    syncs = CUDA_SYNCS if device.type == "cuda" else SYNCING_OPS
+    counts = {
+        "aten_ops_per_step": sum(n.startswith("aten::") for n in names) / steps,
+        "host_syncs_per_step": sum(n.startswith(syncs) if device.type == "cuda" else n in syncs for n in names) / steps,
+    }
+    if device.type == "cuda":  # not the synchronize that closes the profiled window
+        counts["host_syncs_per_step"] -= 1 / steps
+    if device.type == "cuda":
+        kernel_us = sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA)
+        counts["kernel_ms_per_step"] = kernel_us / 1e3 / steps
+        counts["launches_per_step"] = sum(n.startswith(CUDA_LAUNCHES) for n in names) / steps
+        counts["syncing_ops_per_step"] = sum(n in SYNCING_OPS for n in names) / steps
+    return counts
+
+
+def _step_row(args, extra: list[str], dataset: str, accelerator, baseline: bool, output_dir: str) -> dict:
+    from accelerate.utils import send_to_device
+
+    from unipre3d_hf.data import SeededRows
+    from unipre3d_hf.training.loop import build_optimizer_and_scheduler, train_micro_step
+    from unipre3d_hf.training.pretrain import PretrainingTask, build_collators, load_split, parse_pretrain_arguments
+
+    device = accelerator.device
+    scene = args.preset in SCENE_PRESETS
+    argv = [
+        "--config", str(CONFIG_DIR / f"{STEP_PRESETS[args.preset]}.yaml"), "--dataset", dataset,
+        "--output_dir", output_dir, "--num_workers", "0", "--seed", str(args.seed), "--val_lpips", "false",
+        # the paper adds LPIPS late (step 50k / 30k): it is not part of these steps, and its network is not loaded
+        "--max_steps", str(10 * (args.warmup + args.steps + args.profile_steps) + 100),
+        "--mixed_precision", "bf16" if args.bf16 else "no",
+    ]  # fmt: skip
+    if scene:
+        argv += ["--batch_size", str(args.scenes)]
+    if args.compile and not baseline:
+        argv += ["--torch_compile", "true"] + (["--torch_compile_mode", args.compile_mode] if args.compile_mode else [])
+    if args.vae:
+        argv += ["--model.image_encoder_name_or_path", args.vae]
+    argv += extra + (BASELINE_ARGS if baseline else [])
+    pargs = parse_pretrain_arguments(argv)
+    torch.manual_seed(args.seed)
+    task = PretrainingTask(pargs)
+    task.accelerator, task.args = accelerator, pargs
+    rows = load_split(pargs, pargs.train_split)
+    collator = build_collators(pargs, task.level, task.background, len(rows[0]["camera_to_world"]))[0]
+    seeded = SeededRows(rows, seed=args.seed)
+    cpu_batch = collator([seeded[i] for i in range(pargs.batch_size)])  # batch_size > rows: later draws repeat rows
+    model = task.build_model()
+    if pargs.torch_compile:
+        model = task.compile_model(model, pargs.torch_compile_mode, pargs.torch_compile_backend)
+    optimizer, scheduler = build_optimizer_and_scheduler(pargs, task, model, device)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    task.set_train_mode(model)
+    pinned = pargs.pin_memory and device.type == "cuda"
+    host_batch = {k: v.pin_memory() if pinned and isinstance(v, torch.Tensor) else v for k, v in cpu_batch.items()}
+    batch = send_to_device(host_batch, device)
+    calls = iter(range(10**9))
+
+    def step():
+        train_micro_step(pargs, task, accelerator, model, optimizer, scheduler, batch, next(calls))
+
+    for _ in range(args.warmup):
+        step()
+    row = {
+        "benchmark": "step", "preset": args.preset, "config": STEP_PRESETS[args.preset],
+        "variant": "baseline" if baseline else "levers", "bf16": args.bf16, "compile": bool(pargs.torch_compile),
+        "device": str(device), "batch": pargs.batch_size,
+        "image_encoder": task.config.image_encoder, "render_backend": task.config.render_backend,
+    }  # fmt: skip
+    if scene:
+        row["points"] = int(batch["coords"].shape[0])
+    else:
+        row["points"] = int(batch["points"].shape[1])
+    row["reference_views"], row["target_views"] = batch["reference_images"].shape[1], batch["target_images"].shape[1]
+    row["image_size"] = list(batch["target_images"].shape[-2:])
+    row["step_ms"] = _median_ms(step, device, args.steps)
+    row.update(_profile_counts(step, device, args.profile_steps))
+    if "kernel_ms_per_step" in row:
+        row["gpu_busy"] = row["kernel_ms_per_step"] / row["step_ms"]
+
+    # the breakdown, on the same batch and model
+    inner = accelerator.unwrap_model(model)
+
+    def backbone():
+        with accelerator.autocast():
+            if scene:
+                out = inner.backbone(batch["coords"], batch["features"], batch["offsets"], return_dict=True)
+            else:
+                out = inner.backbone(batch["points"], features=batch.get("features"), return_dict=True)
+        out.last_hidden_state.float().square().mean().backward()
+        inner.zero_grad(set_to_none=True)
+
+    row["backbone_ms"] = _median_ms(backbone, device, args.steps)
+    with torch.no_grad(), accelerator.autocast():
+        gaussians = inner(**batch).gaussians
+    leaves = Gaussians(*(getattr(gaussians, k).detach().float().requires_grad_(True) for k in PARAMS), gaussians.mask)
+    images = batch["target_images"]
+    cameras = Cameras.from_camera_to_world(
+        batch["target_c2w"].float(), batch["target_intrinsics"].float(), images.shape[-1], images.shape[-2]
+    )
+    background = batch.get("background")
+    if background is None:
+        background = torch.tensor(task.config.background, device=device).expand(images.shape[0], 3)
+
+    def rendering():
+        out = render(leaves, cameras, background, backend=task.config.render_backend, check_inputs=False)
+        out.colors.sum().backward()
+
+    row["render_ms"] = _median_ms(rendering, device, args.steps)
+    if inner.image_encoder is not None:
+        references = batch["reference_images"].flatten(0, 1)
+
+        def encode():
+            with torch.no_grad(), accelerator.autocast():
+                inner.image_encoder(references)
+
+        row["image_encoder_ms"] = _median_ms(encode, device, args.steps)
+    with accelerator.autocast():  # gradients for the optimizer alone (the step zeroes its own)
+        loss = inner(**batch).loss
+    accelerator.backward(loss)
+    row["optimizer_ms"] = _median_ms(optimizer.step, device, args.steps)
+    optimizer.zero_grad(set_to_none=True)
+    row["copy_ms"] = _median_ms(lambda: send_to_device(host_batch, device, non_blocking=pinned), device, args.steps)
+    if device.type == "cuda":
+        row["peak_mem_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def bench_step(args, extra: list[str]) -> list[dict]:
+    """Rows of every preset of ``--preset`` (comma-separated, one level); a preset that fails gets an error row and
+    the others still run."""
+    from accelerate import Accelerator
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    presets = args.preset.split(",")
+    unknown = [p for p in presets if p not in STEP_PRESETS]
+    levels = {"scene" if p in SCENE_PRESETS else "object" for p in presets}
+    if unknown or len(levels) != 1:
+        raise SystemExit(f"step: --preset takes presets of one level among {list(STEP_PRESETS)}, got {args.preset!r}")
+    level = levels.pop()
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if args.bf16 else "no")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="unipre3d-step-") as tmp:
+        dataset = args.dataset
+        if dataset is None:
+            from unipre3d_hf.data import build_objects_mini, build_scenes_mini
+            from unipre3d_hf.utils.import_utils import require_package
+
+            require_package("pybullet", "building the mini set (or pass --dataset DIR, a pre-built copy)")
+            dataset = os.path.join(tmp, f"{level}s-mini")
+            (build_objects_mini if level == "object" else build_scenes_mini)(dataset, show_progress=False)
+        if args.vae is None and not any(a.startswith("--model.image_encoder") for a in extra):
+            try:
+                args.vae = _random_sd_vae(os.path.join(tmp, "sd-vae-random"))
+            except ImportError:
+                print("step: diffusers is not installed: the rows use the small conv image encoder, not the SD VAE",
+                      file=sys.stderr)  # fmt: skip
+                extra = [*extra, "--model.image_encoder", "conv"]
+        for preset in presets:
+            one = argparse.Namespace(**{**vars(args), "preset": preset})
+            variants = []
+            try:
+                for baseline in (True, False) if args.compare_baseline else (False,):
+                    variants.append(_step_row(one, extra, dataset, accelerator, baseline, os.path.join(tmp, "run")))
+                    accelerator.free_memory()  # the variant's model and optimizer go before the next one is built
+                    gc.collect()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                        torch.cuda.reset_peak_memory_stats(device)
+            except Exception as err:  # reported as a row; the other presets still run
+                error = {
+                    "benchmark": "step",
+                    "preset": preset,
+                    "bf16": args.bf16,
+                    "error": f"{type(err).__name__}: {err}",
+                }
+                print(json.dumps(error), flush=True)
+                rows += [*variants, error]
+                continue
+            rows += variants
+            if args.compare_baseline:
+                before, after = variants
+                ratio = {
+                    "benchmark": "step-ratio", "preset": preset, "bf16": args.bf16, "device": str(device),
+                    "baseline_step_ms": before["step_ms"], "levers_step_ms": after["step_ms"],
+                    "speedup": before["step_ms"] / after["step_ms"],
+                }  # fmt: skip
+                print(json.dumps(ratio), flush=True)
+                rows.append(ratio)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -427,7 +702,27 @@ def main(argv: list[str] | None = None) -> None:
     p_scan.add_argument("--warmup", type=int, default=2)
     p_scan.add_argument("--output", default=None, help="also write the results as JSON to this file")
     p_scan.set_defaults(func=bench_selective_scan)
-    args = parser.parse_args(argv)
+    p_step = sub.add_parser("step", help="whole pre-training steps of a paper preset on a real mini-set batch")
+    p_step.add_argument("--preset", required=True, help=f"one or more (comma-separated) of {','.join(STEP_PRESETS)}")
+    p_step.add_argument("--scenes", type=int, choices=[1, 4], default=1, help="scenes per batch (scene presets)")
+    p_step.add_argument("--dataset", default=None, help="a pre-built objects-mini / scenes-mini folder (default: "
+                        "build one into a temporary folder, which needs pybullet)")  # fmt: skip
+    p_step.add_argument("--vae", default=None, help="SD VAE folder or Hub id (default: its architecture with random "
+                        "weights: the same compute)")  # fmt: skip
+    p_step.add_argument("--compare-baseline", action="store_true", help="also run with every issue-17 lever off")
+    p_step.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Accelerate autocast)")
+    p_step.add_argument("--compile", action="store_true", help="torch.compile the object backbones (levers row)")
+    p_step.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    p_step.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p_step.add_argument("--steps", type=int, default=20, help="timed steps (and repeats of each breakdown part)")
+    p_step.add_argument("--warmup", type=int, default=3)
+    p_step.add_argument("--profile-steps", type=int, default=3, help="steps under torch.profiler")
+    p_step.add_argument("--seed", type=int, default=0)
+    p_step.add_argument("--json", "--output", dest="output", default=None, help="also write the results as JSON")
+    p_step.set_defaults(func=bench_step)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "step":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     header = {
         "python": platform.python_version(),
@@ -436,7 +731,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpu_threads": torch.get_num_threads(),
     }
     print(json.dumps(header), flush=True)
-    rows = args.func(args)
+    rows = args.func(args, extra) if args.command == "step" else args.func(args)
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"environment": header, "command": " ".join(sys.argv), "results": rows}, f, indent=1)

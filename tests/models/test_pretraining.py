@@ -373,6 +373,25 @@ def test_sd_vae_encoder_is_frozen_not_saved_and_reloads(tiny_vae_dir, tmp_path):
         tiny_model(config, image_encoder="sd-vae", image_encoder_name_or_path=tiny_vae_dir)(**batch)
 
 
+def test_sd_vae_in_bfloat16_matches_float32(tiny_vae_dir):
+    # issue 17: the frozen VAE runs in bf16 on CUDA ("auto"); here both precisions on CPU on the same images: the
+    # features agree to bf16's resolution (8-bit mantissa: ~0.4 % per rounding, through ~20 layers) and come back in
+    # float32; the float32 network is left as it was
+    from unipre3d_hf.modeling.pretraining import SDVAEImageEncoder
+
+    images = object_batch()["reference_images"].flatten(0, 1)
+    reference = SDVAEImageEncoder(tiny_vae_dir, 32, precision="float32")
+    half = SDVAEImageEncoder(tiny_vae_dir, 32, precision="bfloat16")
+    assert reference.compute_dtype(torch.device("cpu")) == torch.float32
+    assert SDVAEImageEncoder(tiny_vae_dir, 32).compute_dtype(torch.device("cuda")) == torch.bfloat16
+    exact, approx = reference(images), half(images)
+    assert approx.dtype == torch.float32 and next(half.vae_bf16.load().parameters()).dtype == torch.bfloat16
+    error = (approx - exact).norm() / exact.norm()
+    assert 0 < error < 5e-2, error  # 2.0e-2 measured (torch 2.13 CPU)
+    half.precision = "float32"
+    torch.testing.assert_close(half(images), exact, rtol=0, atol=0)  # its float32 network is untouched
+
+
 def test_backbone_exports_and_reloads_with_automodel(tmp_path):
     model = tiny_model(OBJECT_BACKBONES["pcm"]())
     batch = object_batch()

@@ -287,3 +287,45 @@ def test_mixed_precision_none_follows_accelerate_launch(tmp_path, monkeypatch, f
     task = Regression()
     run_training(tiny_args(tmp_path / "fp32", max_steps=2, mixed_precision="no"), task)  # an explicit value wins
     assert not task.net.autocast_seen[0][0]
+
+
+def test_fused_optimizer_skips_a_non_finite_step_on_the_device_like_the_host_check(tmp_path, caplog):
+    # fused AdamW (CPU has the kernel too) skips the NaN step through found_inf, without reading the flag per step;
+    # foreach AdamW skips it on the host: the same step is skipped, reported, and the weights agree
+    runs = {}
+    for fused in (True, False):
+        out = tmp_path / str(fused)
+        with caplog.at_level(logging.WARNING, logger="unipre3d_hf.training"):
+            caplog.clear()
+            history = run_training(
+                tiny_args(out, fused_optimizer=fused, nan_grad_step=3, save_every=2, max_steps=4, log_every=4),
+                Regression(),
+            )
+        assert history["skipped_steps"] == 1
+        assert "step 3: non-finite gradient, step skipped" in caplog.text
+        runs[fused] = _weights(out / "checkpoint-4")[0], _weights(out / "checkpoint-2")[0]
+        step2, step4 = runs[fused][1], runs[fused][0]
+        assert all(torch.isfinite(v).all() for v in step4.values())
+        assert not _same(step2, step4)  # step 4 trained
+    for k in runs[True][0]:
+        torch.testing.assert_close(runs[True][0][k], runs[False][0][k], rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_trains_the_compiled_model_to_the_same_weights(tmp_path):
+    # torch_compile goes through TrainingTask.compile_model (Module.compile in place: same parameters and state-dict
+    # names); the "eager" backend runs dynamo's captured graphs with eager kernels, so the weights agree exactly
+    class Tracked(Regression):
+        def compile_model(self, model, mode, backend):
+            self.compiled_with = (mode, backend)
+            return super().compile_model(model, mode, backend)
+
+    task = Tracked()
+    run_training(tiny_args(tmp_path / "c", max_steps=2, torch_compile=True, torch_compile_backend="eager"), task)
+    run_training(tiny_args(tmp_path / "e", max_steps=2), Regression())
+    assert task.compiled_with == (None, "eager") and task.net._compiled_call_impl is not None
+    for a, b in zip(_weights(tmp_path / "c/checkpoint-2"), _weights(tmp_path / "e/checkpoint-2")):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="torch_compile_mode"):
+        run_training(tiny_args(tmp_path / "bad", torch_compile_mode="fastest"), Regression())

@@ -54,30 +54,38 @@ def check_packed_points(coords: torch.Tensor, features: torch.Tensor | None, off
         raise ValueError(f"`coords` must be a float tensor of shape [P, 3] (xyz in metres), got {shape}")
     if not coords.is_floating_point():
         raise ValueError(f"`coords` must be a floating-point tensor, got dtype {coords.dtype}")
-    # the value checks (finite, increasing offsets) need the data: eager calls run them, torch.compile / export skip
-    tracing = torch.compiler.is_compiling()
-    if not tracing and not torch.isfinite(coords).all():
-        raise ValueError("`coords` contains NaN or infinite values")
     if not isinstance(offsets, torch.Tensor) or offsets.ndim != 1 or offsets.numel() == 0:
         raise ValueError("`offsets` must be a 1-D int64 tensor [B] of cumulative point counts (e.g. [3000, 8000])")
     if offsets.is_floating_point() or offsets.dtype == torch.bool:
         raise ValueError(f"`offsets` must be an integer (int64) tensor [B], got dtype {offsets.dtype}")
+    if offsets.numel() > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} scenes per batch, got {offsets.numel()}")
+    if features is not None and (
+        not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != coords.shape[0]
+    ):
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ValueError(f"`features` must have shape [P, C] with P = {coords.shape[0]} (as coords), got {shape}")
+    # the value checks (finite, increasing offsets) need the data: eager calls run them, torch.compile / export skip
+    # them. All of them are reduced on the device into one flag, read once (one host sync instead of four); only a
+    # failing batch goes through them one by one, for the message.
+    if torch.compiler.is_compiling():
+        return
     counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
-    if not tracing and (counts <= 0).any():
+    ok = torch.isfinite(coords).all() & (counts > 0).all() & (offsets[-1] == coords.shape[0])
+    if features is not None:
+        ok = ok & torch.isfinite(features).all()
+    if bool(ok):
+        return
+    if not torch.isfinite(coords).all():
+        raise ValueError("`coords` contains NaN or infinite values")
+    if (counts <= 0).any():
         raise ValueError(
             f"`offsets` must be strictly increasing cumulative counts starting above 0 (no empty scene), got "
             f"{offsets.tolist() if offsets.numel() <= 16 else 'a tensor with an empty scene'}"
         )
-    if not tracing and int(offsets[-1]) != coords.shape[0]:
+    if int(offsets[-1]) != coords.shape[0]:
         raise ValueError(f"`offsets[-1]` must equal the number of points P = {coords.shape[0]}, got {int(offsets[-1])}")
-    if offsets.numel() > MAX_BATCH:
-        raise ValueError(f"at most {MAX_BATCH} scenes per batch, got {offsets.numel()}")
-    if features is not None:
-        if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != coords.shape[0]:
-            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-            raise ValueError(f"`features` must have shape [P, C] with P = {coords.shape[0]} (as coords), got {shape}")
-        if not tracing and not torch.isfinite(features).all():
-            raise ValueError("`features` contains NaN or infinite values")
+    raise ValueError("`features` contains NaN or infinite values")
 
 
 def scene_minimum(coords: torch.Tensor, batch_index: torch.Tensor, num_scenes: int) -> torch.Tensor:
@@ -103,8 +111,9 @@ def voxel_representatives(
     best = torch.full((num_voxels,), 2.0, device=point_to_voxel.device).scatter_reduce(
         0, point_to_voxel, prio, reduce="amin"
     )
+    # the losers propose num_points, the fill value: no boolean-mask indexing (which waits for the device to count)
     winner = prio == best[point_to_voxel]
-    return representative.scatter_reduce_(0, point_to_voxel[winner], rows[winner], reduce="amin")
+    return representative.scatter_reduce_(0, point_to_voxel, torch.where(winner, rows, num_points), reduce="amin")
 
 
 def voxelize(
@@ -133,13 +142,15 @@ def voxelize(
     num_scenes = offsets.numel()
     scene_min = scene_minimum(coords, batch, num_scenes)
     grid = torch.floor((coords - scene_min[batch]) / grid_size).long()
-    if grid.max() >= MAX_GRID_COORD:
+    too_wide = grid.max() >= MAX_GRID_COORD
+    keys = pack_voxel_keys(batch, grid)
+    # unique waits for the device anyway (its size is data-dependent): the grid check is read after it, for free
+    uniq, point_to_voxel, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
+    if too_wide:
         raise ValueError(
             f"a scene spans {int(grid.max()) + 1} voxels of {grid_size} m along an axis; at most {MAX_GRID_COORD} "
             "are supported: increase `grid_size` or split the scene"
         )
-    keys = pack_voxel_keys(batch, grid)
-    uniq, point_to_voxel, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
     num_voxels = uniq.numel()
     representative = voxel_representatives(point_to_voxel, num_voxels, random_representative, generator)
     sums = coords.new_zeros(num_voxels, 3).index_add_(0, point_to_voxel, coords)

@@ -40,7 +40,14 @@ from .metrics import (
     shape_part_iou,
     ssim,
 )
-from .optim import LR_SCHEDULERS, PAPER_LR_SCHEDULES, all_grads_finite, build_optimizer, build_scheduler
+from .optim import (
+    LR_SCHEDULERS,
+    PAPER_LR_SCHEDULES,
+    all_grads_finite,
+    build_optimizer,
+    build_scheduler,
+    skip_step_if,
+)
 from .tracking import JSONLinesTracker, build_trackers, to_json_value
 from .visualization import save_render_grid
 
@@ -57,6 +64,7 @@ __all__ = [
     "ViewMetricAccumulator",
     "accuracy",
     "all_grads_finite",
+    "skip_step_if",
     "apply_checkpoint",
     "build_optimizer",
     "build_scheduler",

@@ -51,10 +51,13 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .ema import EMA
-from .optim import LR_SCHEDULERS, all_grads_finite, build_optimizer, build_scheduler
+from .optim import LR_SCHEDULERS, all_grads_finite, build_optimizer, build_scheduler, skip_step_if
 from .tracking import build_trackers, to_json_value
 
-__all__ = ["TrainingArguments", "TrainingTask", "lock_output_dir", "run_training", "weights_checksum"]
+__all__ = [
+    "TrainingArguments", "TrainingTask", "build_optimizer_and_scheduler", "lock_output_dir",
+    "optimizer_skips_on_device", "run_training", "train_micro_step", "weights_checksum",
+]  # fmt: skip
 
 logger = logging.getLogger("unipre3d_hf.training")
 LOCK_FILE = ".lock"
@@ -71,6 +74,13 @@ class TrainingArguments:
     ``warmup_steps`` of linear warm-up; cosine ends at ``min_learning_rate``). ``mixed_precision`` None takes
     Accelerate's own setting (``accelerate launch --mixed_precision bf16`` / ``accelerate config``, else fp32).
     An ``output_dir`` that holds another run is refused unless ``resume`` or ``overwrite_output_dir`` is given.
+
+    Speed (issue 17): ``fused_optimizer`` None takes the fused AdamW kernel on CUDA (then a step with a non-finite
+    gradient is skipped on the device, with no host sync) and ``foreach`` on CPU; False restores the ``foreach``
+    AdamW and the host-side skip. ``pin_memory`` (CUDA only) pins the batches and copies them with
+    ``non_blocking``. ``torch_compile`` compiles what :meth:`TrainingTask.compile_model` chooses (the whole model by
+    default) with ``torch_compile_mode`` (None, ``"reduce-overhead"`` for CUDA graphs, ``"max-autotune"``, ...) and
+    ``torch_compile_backend``.
     """
 
     output_dir: str = "outputs/run"
@@ -108,6 +118,11 @@ class TrainingArguments:
     eval_at_start: bool = True
     save_every: int = 1000
     keep_last: int = 3
+    fused_optimizer: bool | None = None
+    pin_memory: bool = True
+    torch_compile: bool = False
+    torch_compile_mode: str | None = None
+    torch_compile_backend: str = "inductor"
     # testing aid: at this step the main process writes NaN into one of its gradients (after DDP's all-reduce, so only
     # its copy is bad); every process must then skip the step together
     nan_grad_step: int | None = None
@@ -143,6 +158,8 @@ class TrainingArguments:
         need(self.mixed_precision is None or self.mixed_precision in MIXED_PRECISION, "mixed_precision",
              f"null (Accelerate's setting) or one of {list(MIXED_PRECISION)}")  # fmt: skip
         need(0 < self.ema_beta < 1, "ema_beta", "a float in (0, 1)")
+        modes = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        need(self.torch_compile_mode in modes, "torch_compile_mode", f"one of {list(modes)}")
         need(self.resume is None or str(self.resume).strip() != "", "resume", "null, 'latest' or a checkpoint folder")
         if self.resume is not None and self.overwrite_output_dir:
             raise ValueError(
@@ -179,6 +196,12 @@ class TrainingTask:
     def parameter_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
         """Named optimizer groups; only what trains (a linear probe: the head)."""
         return {"all": [p for p in model.parameters() if p.requires_grad]}
+
+    def compile_model(self, model: nn.Module, mode: str | None, backend: str) -> nn.Module:
+        """With ``torch_compile``: compiles ``model`` (or the parts worth compiling) in place, before
+        ``accelerator.prepare``; returns the model to train. Default: ``model.compile(mode=mode, backend=backend)``."""
+        model.compile(mode=mode, backend=backend)
+        return model
 
     def set_train_mode(self, model: nn.Module) -> None:
         """Called when training (re)starts after evaluation (a linear probe puts its frozen backbone back in eval)."""
@@ -301,7 +324,7 @@ def run_training(args: TrainingArguments, task: TrainingTask) -> dict:
             the step in progress is saved.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
     args.validate()
     logging_dir = os.path.join(args.output_dir, "logs")
@@ -314,6 +337,7 @@ def run_training(args: TrainingArguments, task: TrainingTask) -> dict:
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)],
         step_scheduler_with_optimizer=False,  # the schedule is per iteration, stepped once per optimizer step
+        dataloader_config=DataLoaderConfiguration(non_blocking=args.pin_memory),  # pinned batches copy asynchronously
     )
     lock = None
     try:
@@ -370,6 +394,70 @@ def _resume(args, accelerator, model, optimizer, scheduler, ema) -> tuple[str | 
     return None, {}
 
 
+def build_optimizer_and_scheduler(args: TrainingArguments, task: TrainingTask, model: nn.Module, device) -> tuple:
+    """The run's AdamW (``task.parameter_groups``; fused on CUDA unless ``fused_optimizer`` says otherwise) and its
+    learning-rate schedule. Moves ``model`` to ``device`` first: the optimizer's state follows its parameters."""
+    model.to(device)
+    fused = args.fused_optimizer
+    if fused is None:
+        fused = torch.device(device).type == "cuda"
+    optimizer = build_optimizer(
+        task.parameter_groups(model), lr=args.learning_rate, weight_decay=args.weight_decay,
+        betas=tuple(args.adam_betas), eps=args.adam_epsilon, fused=fused,
+    )  # fmt: skip
+    scheduler = build_scheduler(
+        optimizer, args.lr_step_size, args.lr_gamma, schedule=args.lr_scheduler, warmup_steps=args.warmup_steps,
+        total_steps=args.max_steps, min_lr=args.min_learning_rate,
+    )  # fmt: skip
+    return optimizer, scheduler
+
+
+def optimizer_skips_on_device(optimizer, accelerator) -> bool:
+    """Whether a step with a non-finite gradient can be skipped on the device (no host sync): a fused Adam / AdamW and
+    no fp16 GradScaler (which sets the optimizer's ``found_inf`` itself)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    fused = isinstance(inner, torch.optim.Adam | torch.optim.AdamW) and all(g.get("fused") for g in inner.param_groups)
+    return fused and getattr(accelerator, "scaler", None) is None
+
+
+def train_micro_step(
+    args: TrainingArguments, task: TrainingTask, accelerator, model, optimizer, scheduler, batch, step: int
+) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+    """One micro-batch as :func:`run_training` runs it: ``task.training_step``, backward and, when the accumulation
+    is complete, the non-finite check (every process skips the step when any sees a non-finite gradient: method
+    reference 7.5), clipping, ``optimizer.step()``, ``scheduler.step()`` and ``zero_grad``.
+
+    Returns ``(loss, logs, skipped)``: ``skipped`` is a 0-dim float32 tensor on the device (1.0 = the step was skipped)
+    after an optimizer step, None for a micro-batch that only accumulated. With a fused optimizer
+    (:func:`optimizer_skips_on_device`) nothing here waits for the device; otherwise the check reads the flag on the
+    host (one sync). ``scripts/benchmark.py step`` times this very function.
+    """
+    with accelerator.accumulate(model):
+        loss, logs = task.training_step(model, batch, step)
+        accelerator.backward(loss)
+        if not accelerator.sync_gradients:
+            return loss, logs, None
+        if args.nan_grad_step == step + 1 and accelerator.is_main_process:
+            next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+        # accelerate's reduce knows sum / mean / max only: count the processes with a bad gradient
+        skipped = (accelerator.reduce(1.0 - all_grads_finite(model), "sum") > 0).to(torch.float32)
+        if optimizer_skips_on_device(optimizer, accelerator):
+            if args.max_grad_norm is not None:  # a non-finite gradient gives NaN gradients here: the step is skipped
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            skip_step_if(optimizer, skipped)
+            try:
+                optimizer.step()
+            finally:
+                skip_step_if(optimizer, None)
+        elif skipped.item() == 0:
+            if args.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss, logs, skipped
+
+
 def _train(args: TrainingArguments, task: TrainingTask, accelerator, received: dict, moved: bool) -> dict:
     from accelerate.utils import gather_object, set_seed
     from tqdm.auto import tqdm
@@ -405,22 +493,18 @@ def _train(args: TrainingArguments, task: TrainingTask, accelerator, received: d
     # per epoch, not from the global one (a resume starts an iterator the uninterrupted run did not, and dropout etc.
     # would then see other random numbers)
     loader_generator = torch.Generator()
+    # pinned batches, copied with non_blocking (the Accelerator's dataloader_config): the copy overlaps the step
     train_loader = DataLoader(
         SeededRows(train_ds, seed=args.seed), batch_size=per_process, sampler=sampler, drop_last=True,
         collate_fn=train_collator, num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
-        generator=loader_generator,
+        generator=loader_generator, pin_memory=args.pin_memory and accelerator.device.type == "cuda",
     )  # fmt: skip
 
     if args.sync_batchnorm and world > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(
-        task.parameter_groups(model), lr=args.learning_rate, weight_decay=args.weight_decay,
-        betas=tuple(args.adam_betas), eps=args.adam_epsilon,
-    )  # fmt: skip
-    scheduler = build_scheduler(
-        optimizer, args.lr_step_size, args.lr_gamma, schedule=args.lr_scheduler, warmup_steps=args.warmup_steps,
-        total_steps=args.max_steps, min_lr=args.min_learning_rate,
-    )  # fmt: skip
+    if args.torch_compile:
+        model = task.compile_model(model, args.torch_compile_mode, args.torch_compile_backend)
+    optimizer, scheduler = build_optimizer_and_scheduler(args, task, model, accelerator.device)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     ema = None
     if args.use_ema:
@@ -460,6 +544,7 @@ def _train(args: TrainingArguments, task: TrainingTask, accelerator, received: d
 
     def checkpoint(at_step: int) -> None:
         nonlocal moved
+        count_skips()
         trainer_state = {"skipped_steps": skipped_steps, "run_id": run_id}
         save_checkpoint(
             accelerator, output_dir, at_step, keep_last=args.keep_last, model=model, optimizer=optimizer,
@@ -482,6 +567,20 @@ def _train(args: TrainingArguments, task: TrainingTask, accelerator, received: d
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_main_process, desc=args.run_name)
     window_start, window_samples, window_data_time = time.perf_counter(), 0, 0.0
     last_eval, batch, stop_signal, saved_at = None, None, None, None
+    # skipped-step flags stay on the device until a log, checkpoint or the end reads them (no host sync per step)
+    pending_skips: list[tuple[int, Tensor]] = []
+
+    def count_skips() -> None:
+        nonlocal skipped_steps
+        if not pending_skips:
+            return
+        flags = torch.stack([flag for _, flag in pending_skips]).tolist()
+        bad = [at for (at, _), flag in zip(pending_skips, flags) if flag > 0]
+        pending_skips.clear()
+        for at in bad:
+            logger.warning("step %d: non-finite gradient, step skipped", at)
+        skipped_steps += len(bad)
+
     task.set_train_mode(model)
     while step < args.max_steps and stop_signal is None:
         train_loader.set_epoch(epoch)
@@ -491,33 +590,18 @@ def _train(args: TrainingArguments, task: TrainingTask, accelerator, received: d
         fetch_start = time.perf_counter()
         for batch in loader:
             window_data_time += time.perf_counter() - fetch_start  # time spent waiting for the DataLoader
-            with accelerator.accumulate(model):
-                loss, logs = task.training_step(model, batch, step)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.nan_grad_step == step + 1 and accelerator.is_main_process:
-                    next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("nan"))
-                if accelerator.sync_gradients:
-                    # skip the step on every rank when any rank sees a non-finite gradient (method reference 7.5)
-                    # (accelerate's reduce knows sum / mean / max only: count the processes with a bad gradient)
-                    num_bad = accelerator.reduce(1.0 - all_grads_finite(model), "sum")
-                    if num_bad.item() > 0:
-                        skipped_steps += 1
-                        logger.warning("step %d: non-finite gradient, step skipped", step + 1)
-                    else:
-                        if args.max_grad_norm is not None:
-                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                        optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+            loss, logs, skipped = train_micro_step(args, task, accelerator, model, optimizer, scheduler, batch, step)
             window_samples += task.batch_size_of(batch)
-            if not accelerator.sync_gradients:
+            if skipped is None:
                 fetch_start = time.perf_counter()
                 continue
             step += 1
+            pending_skips.append((step, skipped))
             progress.update(1)
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model))
             if step % args.log_every == 0 or step == args.max_steps:
+                count_skips()
                 names = sorted(logs)
                 values = torch.stack([loss.detach().float(), *(logs[k].detach().float().reshape(()) for k in names)])
                 reduced = accelerator.reduce(values, "mean").tolist()
@@ -554,8 +638,11 @@ def _train(args: TrainingArguments, task: TrainingTask, accelerator, received: d
                 checkpoint(step)
                 saved_at = step
             # a signal on any process stops every process at this step boundary (one collective when several run)
-            flag = torch.tensor(float(received["signal"] is not None), device=accelerator.device)
-            if (accelerator.reduce(flag, "sum").item() if world > 1 else flag.item()) > 0:
+            stop = received["signal"] is not None
+            if world > 1:
+                flag = torch.tensor(float(stop), device=accelerator.device)
+                stop = accelerator.reduce(flag, "sum").item() > 0
+            if stop:
                 stop_signal = received["signal"] or signal.SIGTERM
                 if saved_at != step:
                     checkpoint(step)
@@ -566,6 +653,7 @@ def _train(args: TrainingArguments, task: TrainingTask, accelerator, received: d
                 break
         epoch += 1
     progress.close()
+    count_skips()
 
     if stop_signal is not None:
         name = signal.Signals(stop_signal).name

@@ -226,6 +226,17 @@ class PretrainingTask(TrainingTask):
                 self.val_lpips.network.load()
         return model
 
+    def compile_model(self, model, mode, backend):
+        """Object level: compiles the backbone in place (``backbone.compile``), whose shapes are fixed by the batch
+        (B clouds of N points); the renderer, image encoder and losses stay eager. Scene level: nothing is compiled
+        (every batch has its own number of voxels and spconv's kernels are opaque to the compiler): a warning says
+        so."""
+        if self.level == "object":
+            model.backbone.compile(mode=mode, backend=backend)
+        else:
+            logger.warning("torch_compile: scene backbones are not compiled (their shapes change with every batch)")
+        return model
+
     def _load_data(self) -> None:
         if self._train_rows is not None:
             return
@@ -364,6 +375,10 @@ def compare_render_loop(model, batch: dict, steps: int, accelerator) -> dict:
 def gaussian_statistics(gaussians) -> tuple[torch.Tensor, torch.Tensor]:
     """Geometric-mean scale (largest axis) and mean opacity of the real Gaussians: a collapse into a few large, faint
     Gaussians shows as the scale growing and the opacity falling while the loss stalls."""
-    mask = gaussians.mask if gaussians.mask is not None else torch.ones_like(gaussians.opacities, dtype=torch.bool)
-    log_scale = gaussians.scales.detach().float().amax(dim=-1).clamp_min(1e-12).log()[mask]
-    return log_scale.mean().exp(), gaussians.opacities.detach().float()[mask].mean()
+    # masked means, not boolean indexing: indexing by a mask waits for the device to count the mask (a host sync)
+    opacities = gaussians.opacities.detach().float()
+    mask = gaussians.mask if gaussians.mask is not None else torch.ones_like(opacities, dtype=torch.bool)
+    weight = mask.to(torch.float32)
+    count = weight.sum().clamp_min(1.0)
+    log_scale = gaussians.scales.detach().float().amax(dim=-1).clamp_min(1e-12).log()
+    return ((log_scale * weight).sum() / count).exp(), (opacities * weight).sum() / count

@@ -1,0 +1,73 @@
+"""`scripts/benchmark.py step` on CPU at tiny sizes (issue 17): one object and one scene preset, baseline and levers
+rows through the training loop's own step, their JSON keys and positive times (no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pybullet")
+
+from unipre3d_hf.data import build_objects_mini, build_scenes_mini  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+benchmark = importlib.util.module_from_spec(spec)
+sys.modules["benchmark_script"] = benchmark
+spec.loader.exec_module(benchmark)
+
+QUICK = ["--device", "cpu", "--steps", "1", "--warmup", "0", "--profile-steps", "1"]
+TINY_IMAGES = ["--model.image_encoder", "conv", "--model.image_encoder_channels", "8", "--model.lambda_lpips", "0"]
+TIMES = ("step_ms", "backbone_ms", "render_ms", "image_encoder_ms", "optimizer_ms", "copy_ms")
+
+
+def _rows(tmp_path, argv):
+    out = tmp_path / "step.json"
+    benchmark.main(["step", *argv, "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert written["command"] and written["environment"]["torch"]
+    return written["results"]
+
+
+def test_object_step_compares_baseline_and_levers(tmp_path):
+    data = tmp_path / "objects"
+    build_objects_mini(str(data), num_objects=2, poses=2, views=5, image_size=32, num_points=128, seed=1,
+                       show_progress=False)  # fmt: skip
+    rows = _rows(tmp_path, [
+        "--preset", "pointmlp", "--dataset", str(data), "--compare-baseline", *QUICK, *TINY_IMAGES,
+        "--backbone.embed_dim", "8", "--backbone.dim_expansion", "[2]", "--backbone.reducers", "[2]",
+        "--backbone.k_neighbors", "[8]", "--backbone.pre_blocks", "[1]", "--backbone.pos_blocks", "[1]",
+        "--backbone.decoder_dims", "[16]", "--backbone.decoder_blocks", "[1]", "--model.initial_scale", "0.05",
+        "--num_points", "64", "--point_sampling", "first", "--image_size", "16", "--batch_size", "2",
+    ])  # fmt: skip
+    baseline, levers, ratio = rows
+    assert [r["variant"] for r in rows[:2]] == ["baseline", "levers"] and ratio["benchmark"] == "step-ratio"
+    for row in (baseline, levers):
+        assert row["config"] == "pointmlp_shapenet" and row["batch"] == 2 and row["points"] == 64
+        assert (row["reference_views"], row["target_views"], row["image_size"]) == (1, 4, [16, 16])
+        assert all(row[k] > 0 for k in TIMES), row
+        assert row["aten_ops_per_step"] > 100 and row["host_syncs_per_step"] >= 0
+    assert ratio["speedup"] == pytest.approx(baseline["step_ms"] / levers["step_ms"])
+
+
+def test_scene_step_runs_one_variant(tmp_path):
+    data = tmp_path / "scenes"
+    build_scenes_mini(str(data), num_scenes=1, frames=4, width=32, height=24, voxel_size=0.05, seed=1,
+                      show_progress=False)  # fmt: skip
+    (row,) = _rows(tmp_path, [
+        "--preset", "sparse_unet", "--dataset", str(data), "--scenes", "1", *QUICK, *TINY_IMAGES,
+        "--backbone.base_channels", "8", "--backbone.channels", "[8, 16, 16, 16, 16, 16, 8, 8]",
+        "--backbone.layers", "[1, 1, 1, 1, 1, 1, 1, 1]", "--model.initial_scale", "0.02", "--num_reference", "2",
+    ])  # fmt: skip
+    assert row["variant"] == "levers" and row["config"] == "sparse_unet_scannet" and row["batch"] == 1
+    assert row["reference_views"] == row["target_views"] == 2 and row["image_size"] == [24, 32]
+    assert row["points"] > 100 and all(row[k] > 0 for k in TIMES), row
+
+
+def test_step_refuses_unknown_options_of_other_benchmarks():
+    with pytest.raises(SystemExit):
+        benchmark.main(["render", "--not-an-option", "1"])
