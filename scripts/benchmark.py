@@ -34,7 +34,8 @@ paper's sizes, through the training loop's own ``train_micro_step`` (forward, ba
 AdamW, schedule): objects, 32 clouds of 1,024 points with 1 reference + 4 supervision views at 128x128 of
 objects-mini; scenes, ``--scenes`` 1 or 4 rooms of scenes-mini with 8 + 8 RGB-D frames at 160x120 (PTv3: at most
 80,000 points per scene). ``--compare-baseline`` runs the same batch and seeds twice in one process, with every lever
-of issue 17 off (foreach AdamW and the host-side NaN check, fp32 SD VAE, pageable blocking copies, no compile), then
+of issue 17 off (the torch twins of FPS / kNN / ball query instead of the Triton kernels, foreach AdamW and the
+host-side NaN check, fp32 SD VAE, pageable blocking copies, no compile), then
 on, and prints both rows and their ratio. Options after the known ones go to the preset's arguments (e.g.
 ``--model.image_encoder conv``, ``--batch_size 2``)::
 
@@ -470,9 +471,11 @@ def _step_row(args, extra: list[str], dataset: str, accelerator, baseline: bool,
     from accelerate.utils import send_to_device
 
     from unipre3d_hf.data import SeededRows
+    from unipre3d_hf.ops.sampling import fused_ops_enabled, set_fused_ops
     from unipre3d_hf.training.loop import build_optimizer_and_scheduler, train_micro_step
     from unipre3d_hf.training.pretrain import PretrainingTask, build_collators, load_split, parse_pretrain_arguments
 
+    set_fused_ops(not baseline)  # the Triton FPS / kNN / ball query kernels: off in the baseline (today's torch twins)
     device = accelerator.device
     scene = args.preset in SCENE_PRESETS
     argv = [
@@ -516,7 +519,7 @@ def _step_row(args, extra: list[str], dataset: str, accelerator, baseline: bool,
     row = {
         "benchmark": "step", "preset": args.preset, "config": STEP_PRESETS[args.preset],
         "variant": "baseline" if baseline else "levers", "bf16": args.bf16, "compile": bool(pargs.torch_compile),
-        "device": str(device), "batch": pargs.batch_size,
+        "device": str(device), "batch": pargs.batch_size, "fused_ops": fused_ops_enabled(),
         "image_encoder": task.config.image_encoder, "render_backend": task.config.render_backend,
     }  # fmt: skip
     if scene:
