@@ -200,7 +200,10 @@ def test_backbones_with_fused_ops_equal_their_twin_path(name):
             twin = model(points).last_hidden_state
         finally:
             sampling.set_fused_ops(True)
-    torch.testing.assert_close(fused, twin, rtol=1e-4, atol=1e-5)
+    # the kernels order a group's neighbours by direct-difference distances, the twins by centred matmul ones: two
+    # neighbours at a float32 near-tie can swap, which changes only the order of the group reductions (PointMLP's
+    # group std): on the H200 19 of 3,072 PointMLP outputs differed, by at most 6.1e-5 (2026-12-01)
+    torch.testing.assert_close(fused, twin, rtol=1e-4, atol=1e-4)
 
 
 def benchmark_sampling(repeats: int = 50) -> list[dict]:

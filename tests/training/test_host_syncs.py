@@ -117,9 +117,13 @@ def test_packed_point_checks_read_one_flag_and_still_name_the_problem():
 @require_cuda
 def test_cuda_loop_step_passes_sync_debug_mode():
     # the CUDA check of the first test: any synchronising call inside the step raises
+    from accelerate.state import AcceleratorState
+
     args = TrainingArguments(output_dir="unused", max_steps=10)  # fused_optimizer None: fused on CUDA
+    AcceleratorState._reset_state(reset_partial_state=True)  # an earlier test's CPU Accelerator is process-wide
     accelerator = Accelerator()
-    model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 1))
+    assert accelerator.device.type == "cuda"
+    model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 1)).to(accelerator.device)
     task = _Task()
     optimizer, scheduler = build_optimizer_and_scheduler(args, task, model, accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
