@@ -1,4 +1,4 @@
-"""Torch geometry for the pre-training data: depth maps to world points.
+"""Torch geometry for the pre-training data: depth maps to world points, points onto silhouettes.
 
 The pixel convention is the package's (:meth:`unipre3d_hf.rendering.Cameras.project`, the NumPy
 :func:`unipre3d_hf.data._geometry.unproject_depth` of the builders, the stored intrinsics of every dataset): pixel
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["unproject_depth_to_world"]
+__all__ = ["silhouette_hits", "unproject_depth_to_world"]
 
 
 def unproject_depth_to_world(
@@ -83,3 +83,59 @@ def unproject_depth_to_world(
     trans = camera_to_world[..., None, None, :3, 3]  # [..., 1, 1, 3]
     points = cam @ rot_t + trans
     return points, valid.expand(points.shape[:-1])
+
+
+def silhouette_hits(
+    points: Tensor, camera_to_world: Tensor, intrinsics: Tensor, masks: Tensor, *, tolerance: int = 0
+) -> Tensor:
+    """Whether each point projects onto its object's silhouette in each view (the geometry check of the object sets).
+
+    Point ``p`` falls in pixel ``(floor(v), floor(u))`` of a view, ``(u, v)`` its projection with the package's
+    pixel centres at +0.5 (pixel ``(i, j)`` covers ``[j, j + 1) x [i, i + 1)``); it hits when the mask is set within
+    ``tolerance`` pixels of that pixel (Chebyshev distance: ``tolerance = 1`` accepts the 3x3 neighbourhood, which
+    forgives parts thinner than a pixel whose pixel centres the rasteriser missed). Points behind a camera or
+    projecting outside the image miss.
+
+    Args:
+        points (`Tensor` of shape `[N, 3]`): world points.
+        camera_to_world (`Tensor` of shape `[V, 4, 4]`): camera-to-world poses, OpenCV axes.
+        intrinsics (`Tensor` of shape `[V, 4]` or `[4]`): ``(fx, fy, cx, cy)`` in pixels.
+        masks (`Tensor` of shape `[V, H, W]`): the silhouettes (bool, or nonzero = set, e.g. an RGBA view's alpha).
+        tolerance (`int`, *optional*, defaults to 0): pixels of slack around the hit pixel.
+
+    Returns:
+        `Tensor` of shape `[V, N]`, bool.
+    """
+    if not isinstance(points, Tensor) or points.dim() != 2 or points.shape[-1] != 3:
+        raise ValueError(f"`points` must be a tensor of shape [N, 3], got {getattr(points, 'shape', type(points))}")
+    if not isinstance(masks, Tensor) or masks.dim() != 3:
+        raise ValueError(f"`masks` must be a tensor of shape [V, H, W], got {getattr(masks, 'shape', type(masks))}")
+    views, height, width = masks.shape
+    if not isinstance(camera_to_world, Tensor) or tuple(camera_to_world.shape) != (views, 4, 4):
+        shape = getattr(camera_to_world, "shape", type(camera_to_world))
+        raise ValueError(f"`camera_to_world` must be a tensor of shape [V = {views}, 4, 4], got {shape}")
+    if not isinstance(intrinsics, Tensor) or intrinsics.shape[-1:] != (4,) or intrinsics.dim() > 2:
+        raise ValueError(
+            f"`intrinsics` must be a tensor of shape [V, 4] or [4], got {getattr(intrinsics, 'shape', None)}"
+        )
+    if tolerance < 0:
+        raise ValueError(f"`tolerance` must be >= 0 pixels, got {tolerance}")
+    dtype = torch.float64
+    c2w = camera_to_world.to(dtype)
+    intr = intrinsics.to(dtype).expand(views, 4)
+    rot, trans = c2w[:, :3, :3], c2w[:, :3, 3]
+    cam = (points.to(dtype)[None] - trans[:, None]) @ rot  # [V, N, 3]: R^T (p - t) for each view
+    z = cam[..., 2]
+    safe_z = torch.where(z > 0, z, torch.ones((), dtype=dtype))
+    u = intr[:, None, 0] * cam[..., 0] / safe_z + intr[:, None, 2]
+    v = intr[:, None, 1] * cam[..., 1] / safe_z + intr[:, None, 3]
+    col, row = u.floor(), v.floor()
+    inside = (z > 0) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    mask = masks != 0
+    if tolerance:
+        k = 2 * tolerance + 1
+        mask = torch.nn.functional.max_pool2d(mask[:, None].float(), k, stride=1, padding=tolerance)[:, 0] > 0
+    col = col.clamp(0, width - 1).long()
+    row = row.clamp(0, height - 1).long()
+    hit = mask[torch.arange(views)[:, None], row, col]
+    return hit & inside

@@ -3,7 +3,8 @@
 Debian's ``sweethome3d-furniture`` package holds about 820 furniture and household models made by third parties
 (``/usr/share/sweethome3d/furniture/*.sh3f``; CC-BY-3.0, CC-BY-3.0-US or CC0 per pack). Each ``.sh3f`` is a zip with a
 ``PluginFurnitureCatalog.properties`` (a Java properties file: ``name#i``, ``category#i``, ``tags#i``, ``model#i``,
-``creator#i``, ``width#i`` / ``depth#i`` / ``height#i`` in cm, ``doorOrWindow#i``, ``elevation#i``) and the OBJ + MTL +
+``creator#i``, ``width#i`` / ``depth#i`` / ``height#i`` in cm, ``doorOrWindow#i``, ``elevation#i``,
+``modelRotation#i``) and the OBJ + MTL +
 texture files of each model. :func:`build_sweethome3d` turns them into three datasets:
 
 - ``sweethome3d-objects`` (``OBJECT_FEATURES``): each model at its catalogue proportions, upright (z up), its box
@@ -22,8 +23,11 @@ texture files of each model. :func:`build_sweethome3d` turns them into three dat
 
 OBJ files are read with trimesh (one part per material, chunked to pybullet's vertex limit) and drawn with pybullet's
 CPU renderer; each part gets its material's diffuse colour or its texture. SweetHome3D models are y-up with the front
-towards +z; they become z-up with the front towards -y, and are scaled per axis to the catalogue's width (x), depth
-(y) and height (z), as SweetHome3D shows them.
+towards +z; a catalogue ``modelRotation`` (33 of the 820 models: modelled lying down or turned) is applied first, as
+SweetHome3D does; they become z-up with the front towards -y, and are scaled per axis to the catalogue's width (x),
+depth (y) and height (z), as SweetHome3D shows them. Every face is drawn from both sides: pybullet's renderer culls
+faces whose winding is clockwise on screen, so a single-sided face (a leaf, a fence board, a lamp shade seen from
+inside, a model with inverted winding) would vanish from half the views while its surface points stay in the row.
 """
 
 from __future__ import annotations
@@ -228,6 +232,7 @@ class FurnitureModel:
     height: float
     door_or_window: bool
     elevation: float
+    rotation: tuple | None = None  # the catalogue's modelRotation: a 3x3 matrix (rows) applied to the y-up model
 
 
 def list_furniture(source: str = DEFAULT_SOURCE) -> tuple[list[FurnitureModel], dict[str, str], list[tuple]]:
@@ -265,17 +270,40 @@ def list_furniture(source: str = DEFAULT_SOURCE) -> tuple[list[FurnitureModel], 
             if not all(math.isfinite(d) and d > 0 for d in dims):
                 bad.append((entry, f"catalogue size is not positive: {dims}"))
                 continue
+            rotation = _rotation(props.get(f"modelRotation#{i}"))
+            if rotation == ():
+                text = props[f"modelRotation#{i}"]
+                bad.append((entry, f"modelRotation is not 9 numbers of an invertible matrix: {text!r}"))
+                continue
             models.append(
                 FurnitureModel(
                     id=entry, name=props.get(f"name#{i}", entry), category=props.get(f"category#{i}", ""),
                     tags=props.get(f"tags#{i}", ""), creator=props.get(f"creator#{i}", "unknown"), pack=pack,
                     pack_license=packs[pack], sh3f=path, model=model.lstrip("/"), width=dims[0], depth=dims[1],
                     height=dims[2], door_or_window=props.get(f"doorOrWindow#{i}", "false").lower() == "true",
-                    elevation=_number(props.get(f"elevation#{i}"), 0.0) / 100.0,
+                    elevation=_number(props.get(f"elevation#{i}"), 0.0) / 100.0, rotation=rotation,
                 )
             )  # fmt: skip
     models.sort(key=lambda m: m.id)
     return models, packs, bad
+
+
+def _rotation(text: str | None) -> tuple | None:
+    """A catalogue ``modelRotation`` (``m00 m01 m02 m10 m11 m12 m20 m21 m22``, rows first, applied as ``M @ v`` to the
+    y-up model before it is sized: SweetHome3D's ``ModelManager.getRotationTransformation``) as a tuple of 3 rows;
+    None when absent, ``()`` when it is not 9 finite numbers of an invertible matrix."""
+    if text is None or not text.strip():
+        return None
+    try:
+        values = [float(v) for v in text.split()]
+    except ValueError:
+        return ()
+    if len(values) != 9 or not all(math.isfinite(v) for v in values):
+        return ()
+    matrix = np.array(values).reshape(3, 3)
+    if abs(np.linalg.det(matrix)) < 1e-6:
+        return ()
+    return tuple(tuple(row) for row in matrix.tolist())
 
 
 def _number(text: str | None, default: float) -> float:
@@ -307,7 +335,8 @@ class _Part:
     rgba: tuple
 
 
-_MAX_FACES_PER_SHAPE = 30_000  # keeps each pybullet shape under its per-shape vertex limit (3 vertices per face)
+# keeps each pybullet shape under its per-shape vertex limit: 3 vertices per face, each face drawn from both sides
+_MAX_FACES_PER_SHAPE = 15_000
 # SweetHome3D's y-up, front +z model frame -> z-up, front -y: (x, y, z) -> (x, -z, y)
 _Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
@@ -374,7 +403,10 @@ def _load_parts(model: FurnitureModel, folder: str, texture_dir: str, key: str) 
     for geom in scene.geometry.values():
         if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
             continue
-        vertices = np.asarray(geom.vertices, dtype=np.float64) @ _Y_UP_TO_Z_UP.T
+        vertices = np.asarray(geom.vertices, dtype=np.float64)
+        if model.rotation is not None:
+            vertices = vertices @ np.asarray(model.rotation).T
+        vertices = vertices @ _Y_UP_TO_Z_UP.T
         visual = geom.visual
         uvs = getattr(visual, "uv", None)
         material = getattr(visual, "material", None)
@@ -411,11 +443,20 @@ def _load_parts(model: FurnitureModel, folder: str, texture_dir: str, key: str) 
         for start in range(0, len(faces), _MAX_FACES_PER_SHAPE):
             chunk = faces[start : start + _MAX_FACES_PER_SHAPE]
             used, local = np.unique(chunk, return_inverse=True)
-            parts.append(
-                _Part(v[used], local.reshape(-1, 3), n[used], None if uvs is None else np.asarray(uvs)[used],
-                      texture, rgba)
-            )  # fmt: skip
+            parts.append(_double_sided(v[used], local.reshape(-1, 3), n[used],
+                                       None if uvs is None else np.asarray(uvs)[used], texture, rgba))  # fmt: skip
     return parts
+
+
+def _double_sided(vertices, faces, normals, uvs, texture, rgba) -> _Part:
+    """A part whose faces are drawn from both sides: a copy of the vertices with flipped normals (so that the side
+    facing the camera is lit as its own side) and the faces in reverse winding on them; the renderer culls whichever
+    of the two is clockwise on screen, so the pair never fights over depth."""
+    k = len(vertices)
+    return _Part(
+        np.concatenate([vertices, vertices]), np.concatenate([faces, faces[:, ::-1] + k]),
+        np.concatenate([normals, -normals]), None if uvs is None else np.concatenate([uvs, uvs]), texture, rgba,
+    )  # fmt: skip
 
 
 def _parts_size(parts: list[_Part]) -> np.ndarray:
