@@ -51,13 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", default=None, help="comma-separated splits (default: all in the folder)")
     parser.add_argument("--worst", type=int, default=10, help="rows to list, worst first")
     parser.add_argument("--not-objects", default="wall,floor,door,window", help="classes not counted as objects")
+    parser.add_argument("--max-pixels", type=int, default=4096, help="depth pixels per scene row for the distance")
     args = parser.parse_args(argv)
 
     rows = []
     for split in _splits(args.path, args.splits):
         ds = load_pretraining_dataset(args.path, split=split, level="object" if args.level == "objects" else "scene")
-        check = check_object_rows if args.level == "objects" else check_scene_rows
-        rows += [{"split": split, **r} for r in check(ds)]
+        checked = check_object_rows(ds) if args.level == "objects" else check_scene_rows(ds, args.max_pixels)
+        rows += [{"split": split, **r} for r in checked]
     if args.level == "objects":
         strict = np.array([r["hit"][0] for r in rows])
         loose = np.array([r["hit"][1] for r in rows])
