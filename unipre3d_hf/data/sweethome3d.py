@@ -45,7 +45,16 @@ import numpy as np
 from datasets import ClassLabel, Features, List, Value
 
 from ..rendering.synthetic import SCANNET_FX_160, SHAPENET_FOV_DEG
-from .mini import _FLOOR_TEXTURES, _box, _connect, _object_views_and_points, _orbit_eyes, _progress, _scene_frames
+from .mini import (
+    _FLOOR_TEXTURES,
+    _box,
+    _connect,
+    _object_views_and_points,
+    _orbit_eyes,
+    _progress,
+    _scene_frames,
+    _yaw_quaternion,
+)
 from .schemas import (
     OBJECT_FEATURES,
     SCENE_FEATURES,
@@ -464,25 +473,32 @@ def _parts_size(parts: list[_Part]) -> np.ndarray:
     return allv.max(axis=0) - allv.min(axis=0)
 
 
-def _add_parts(p, cid, parts: list[_Part], scale: float, yaw: float, offset, textures: dict) -> list[int]:
-    """Create one pybullet body per part: vertices scaled by ``scale``, turned by ``yaw`` about z, moved by
-    ``offset``. ``textures`` caches texture ids by path for this pybullet world. Returns the body ids."""
-    c, s = math.cos(yaw), math.sin(yaw)
-    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    bodies = []
+def _part_shapes(p, cid, parts: list[_Part], scale: float = 1.0) -> list[int]:
+    """One pybullet visual shape per part, vertices scaled by ``scale``. pybullet never frees a mesh shape made from
+    vertices (not on ``resetSimulation``, not on disconnect: about 240 bytes a vertex), so the rooms make each
+    model's shapes once and place them in every room that uses the model."""
+    shapes = []
     for part in parts:
-        kwargs = {}
-        if part.uvs is not None and part.texture is not None:
-            kwargs["uvs"] = part.uvs.tolist()
+        kwargs = {"uvs": part.uvs.tolist()} if part.uvs is not None and part.texture is not None else {}
         shape = p.createVisualShape(
-            p.GEOM_MESH, vertices=(part.vertices * scale @ rot.T + np.asarray(offset)).tolist(),
-            indices=part.faces.reshape(-1).tolist(), normals=(part.normals @ rot.T).tolist(), physicsClientId=cid,
-            **kwargs,
+            p.GEOM_MESH, vertices=(part.vertices * scale).tolist(), indices=part.faces.reshape(-1).tolist(),
+            normals=part.normals.tolist(), physicsClientId=cid, **kwargs,
         )  # fmt: skip
         if shape < 0:
             raise ValueError("pybullet refused a mesh part")
-        body = p.createMultiBody(0, -1, shape, [0, 0, 0], physicsClientId=cid)
-        if "uvs" in kwargs:
+        shapes.append(shape)
+    return shapes
+
+
+def _add_parts(p, cid, parts: list[_Part], scale: float, yaw: float, offset, textures: dict, shapes=None) -> list[int]:
+    """Create one pybullet body per part: vertices scaled by ``scale``, turned by ``yaw`` about z, moved by
+    ``offset``. ``textures`` caches texture ids by path for this pybullet world; ``shapes`` are the parts' shapes
+    from :func:`_part_shapes` (made here when None). Returns the body ids."""
+    shapes = _part_shapes(p, cid, parts, scale) if shapes is None else shapes
+    bodies = []
+    for part, shape in zip(parts, shapes):
+        body = p.createMultiBody(0, -1, shape, list(offset), _yaw_quaternion(yaw), physicsClientId=cid)
+        if part.uvs is not None and part.texture is not None:
             if part.texture not in textures:
                 textures[part.texture] = p.loadTexture(part.texture, physicsClientId=cid)
             p.changeVisualShape(body, -1, textureUniqueId=textures[part.texture], rgbaColor=[1, 1, 1, 1],
@@ -520,15 +536,19 @@ def _rect_free(rect, placed, margin=0.05) -> bool:
                for a0, b0, a1, b1 in placed)  # fmt: skip
 
 
-def _furnish_room(p, cid, data_dir, pool, parts_of, rng, doors, windows):
+def _furnish_room(p, cid, data_dir, pool, parts_of, rng, doors, windows, shapes: dict, textures: dict):
     """Floor, walls, a door, 0-2 windows and 4-8 models of ``pool`` (model indices; ``parts_of(i)`` gives
     (model, parts or None when it failed to load)) placed at
-    their real size without overlapping footprints (yaw in quarter turns). Returns ({body: (class, instance)},
-    half sizes (x, y), [placed model ids])."""
+    their real size without overlapping footprints (yaw in quarter turns). ``shapes`` (model index -> shape ids)
+    and ``textures`` (path -> texture id) are this pybullet world's caches, kept from room to room. Returns
+    ({body: (class, instance)}: every body made, half sizes (x, y), [placed model ids])."""
     half = np.array([rng.uniform(1.5, 2.2), rng.uniform(1.5, 2.2)])
     height = 2.5
     labels: dict[int, tuple[int, int]] = {}
-    tex = p.loadTexture(os.path.join(data_dir, _FLOOR_TEXTURES[rng.integers(len(_FLOOR_TEXTURES))]))
+    floor = os.path.join(data_dir, _FLOOR_TEXTURES[rng.integers(len(_FLOOR_TEXTURES))])
+    if floor not in textures:
+        textures[floor] = p.loadTexture(floor, physicsClientId=cid)
+    tex = textures[floor]
     labels[_box(p, cid, [half[0], half[1], 0.01], [0, 0, -0.01], [1, 1, 1, 1], tex)] = (ROOM_CLASSES.index("floor"), -1)
     wall_rgb = rng.uniform(0.55, 0.95, 3)
     for axis in range(2):
@@ -538,7 +558,7 @@ def _furnish_room(p, cid, data_dir, pool, parts_of, rng, doors, windows):
             pos[axis] = sign * (half[axis] + 0.02)
             shade = np.clip(wall_rgb * rng.uniform(0.85, 1.0), 0, 1)
             labels[_box(p, cid, ext, pos, [*shade, 1.0])] = (ROOM_CLASSES.index("wall"), -1)
-    placed, used, textures, instance = [], [], {}, 0
+    placed, used, instance = [], [], 0
 
     def put(index, yaw_quarters, center_xy, z):
         nonlocal instance
@@ -552,7 +572,10 @@ def _furnish_room(p, cid, data_dir, pool, parts_of, rng, doors, windows):
             return False
         if z < 0.3 and not _rect_free(rect, placed):  # windows hang above the floor furniture
             return False
-        bodies = _add_parts(p, cid, parts, 1.0, yaw_quarters * math.pi / 2, [center_xy[0], center_xy[1], z], textures)
+        if index not in shapes:
+            shapes[index] = _part_shapes(p, cid, parts)
+        offset = [center_xy[0], center_xy[1], z]
+        bodies = _add_parts(p, cid, parts, 1.0, yaw_quarters * math.pi / 2, offset, textures, shapes[index])
         label = classify_furniture(model.name, model.category)
         for b in bodies:
             labels[b] = (ROOM_CLASSES.index(CLASSES[label]), instance)
@@ -884,15 +907,19 @@ def _build_rooms(
             s: ShardedParquetWriter(build_dir, s, SCENE_FEATURES, rows_per_shard=32) for s in ("train", "validation")
         }
         p, cid, data_dir = _connect()
+        shapes, textures = {}, {}  # one world for every room: its mesh shapes and textures are made once
         bar = _progress(rooms, "sweethome3d rooms") if show_progress else None
         try:
             for r in range(rooms):
                 rng = np.random.default_rng([seed, 1_000_003, r])
-                p.resetSimulation(physicsClientId=cid)
-                room_labels, half, used = _furnish_room(p, cid, data_dir, pool, parts_of, rng, doors, windows)
+                room_labels, half, used = _furnish_room(
+                    p, cid, data_dir, pool, parts_of, rng, doors, windows, shapes, textures
+                )
                 used_ids.update(used)
                 row = _scene_frames(p, cid, room_labels, half, rng, frames, intr, width, height, voxel_size,
                                     image_format)  # fmt: skip
+                for body in room_labels:  # the next room starts empty; the shapes stay for reuse
+                    p.removeBody(body, physicsClientId=cid)
                 split = "validation" if (r % 10 == 9 or (rooms < 10 and rooms >= 2 and r == rooms - 1)) else "train"
                 writers[split].write({"id": f"sh3d_room{r:04d}", **row})
                 if bar is not None:
