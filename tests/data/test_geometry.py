@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from unipre3d_hf.data import unproject_depth_to_world
+from unipre3d_hf.data import silhouette_hits, unproject_depth_to_world
 from unipre3d_hf.rendering import Cameras
 from unipre3d_hf.rendering.cameras import look_at
 
@@ -67,3 +67,56 @@ def test_bad_input_names_the_argument_and_shape():
     with pytest.raises(ValueError, match="must broadcast"):
         unproject_depth_to_world(depth, torch.eye(4).expand(3, 4, 4), intr)
     assert math.isclose(float(unproject_depth_to_world(depth, c2w, intr)[0][0, 0, 0, 2]), 1.0)
+
+
+def test_silhouette_hits_hand_computed_pixels_and_tolerance():
+    # camera at the origin looking down +z, fx = fy = 10, cx = cy = 4 on an 8x8 image: (x, y, 1) -> (10x + 4, 10y + 4)
+    c2w = torch.eye(4, dtype=torch.float64)[None]
+    intr = torch.tensor([10.0, 10.0, 4.0, 4.0], dtype=torch.float64)
+    mask = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    mask[0, 2, 5] = 255  # row 2, column 5 covers u in [5, 6), v in [2, 3)
+    points = torch.tensor(
+        [
+            [0.15, -0.15, 1.0],  # (u, v) = (5.5, 2.5): the pixel itself
+            [0.199, -0.101, 1.0],  # (5.99, 2.99): still inside it
+            [0.2, -0.15, 1.0],  # (6.0, 2.5): the pixel to the right (half-open)
+            [0.25, -0.05, 1.0],  # (6.5, 3.5): a diagonal neighbour
+            [0.35, -0.15, 1.0],  # (7.5, 2.5): two pixels away
+            [0.15, -0.15, -1.0],  # behind the camera
+            [0.6, -0.15, 1.0],  # (10, 2.5): outside the image
+        ],
+        dtype=torch.float64,
+    )
+    strict = silhouette_hits(points, c2w, intr, mask)
+    loose = silhouette_hits(points, c2w, intr, mask, tolerance=1)
+    assert strict.shape == (1, 7) and strict.dtype == torch.bool
+    assert strict[0].tolist() == [True, True, False, False, False, False, False]
+    assert loose[0].tolist() == [True, True, True, True, False, False, False]
+    assert silhouette_hits(points, c2w, intr, mask, tolerance=2)[0].tolist()[:5] == [True] * 5
+
+
+def test_silhouette_hits_agree_with_cameras_project():
+    gen = torch.Generator().manual_seed(1)
+    eye = torch.randn(3, 3, generator=gen, dtype=torch.float64) + torch.tensor([0.0, 0.0, 2.5])
+    c2w = look_at(eye, torch.zeros(3, 3, dtype=torch.float64))
+    intr = torch.tensor([[20.0, 21.0, 8.3, 7.9]], dtype=torch.float64).expand(3, 4)
+    masks = torch.rand(3, 16, 17, generator=gen) > 0.5
+    points = torch.randn(50, 3, generator=gen, dtype=torch.float64) * 0.3
+    uv, _ = Cameras.from_camera_to_world(c2w[None], intr[None], 17, 16).project(points[None])
+    col, row = uv[0].floor().long().unbind(-1)  # [V, N]
+    inside = (col >= 0) & (col < 17) & (row >= 0) & (row < 16)
+    expected = masks[torch.arange(3)[:, None], row.clamp(0, 15), col.clamp(0, 16)] & inside
+    assert inside.float().mean() > 0.8
+    torch.testing.assert_close(silhouette_hits(points, c2w, intr, masks), expected)
+
+
+def test_silhouette_hits_bad_input_names_the_argument():
+    c2w, intr, masks = torch.eye(4)[None], torch.tensor([1.0, 1.0, 1.0, 1.0]), torch.ones(1, 4, 4)
+    with pytest.raises(ValueError, match=r"`points` must be a tensor of shape \[N, 3\]"):
+        silhouette_hits(torch.zeros(5, 2), c2w, intr, masks)
+    with pytest.raises(ValueError, match=r"`camera_to_world` must be a tensor of shape \[V = 1, 4, 4\]"):
+        silhouette_hits(torch.zeros(5, 3), torch.eye(4)[None].expand(2, 4, 4), intr, masks)
+    with pytest.raises(ValueError, match="`masks`"):
+        silhouette_hits(torch.zeros(5, 3), c2w, intr, torch.ones(4, 4))
+    with pytest.raises(ValueError, match="`tolerance`"):
+        silhouette_hits(torch.zeros(5, 3), c2w, intr, masks, tolerance=-1)

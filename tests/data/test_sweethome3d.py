@@ -15,6 +15,8 @@ from PIL import Image  # noqa: E402
 from unipre3d_hf.data import (  # noqa: E402
     ObjectPretrainingCollator,
     ScenePretrainingCollator,
+    check_object_rows,
+    check_scene_rows,
     decode_image,
     load_pretraining_dataset,
     unproject_depth_to_world,
@@ -131,6 +133,76 @@ def test_catalogue_is_read(tmp_path):
     assert packs == {"Test pack": "CC0 for tests"}
 
 
+def _single_pack(folder: str, entries) -> str:
+    """A pack of OBJ models given as (key, OBJ text, catalogue lines)."""
+    os.makedirs(folder, exist_ok=True)
+    props = ["id=Test#Extra", "name=Extra pack", "license=CC0 for tests", ""]
+    with zipfile.ZipFile(os.path.join(folder, "Extra.sh3f"), "w") as zf:
+        for i, (key, obj, lines) in enumerate(entries, start=1):
+            props += [f"id#{i}=Extra#{key}", f"name#{i}={key}", f"model#{i}=/x/{key}/{key}.obj"]
+            props += [f"{line.split('=')[0]}#{i}={line.split('=', 1)[1]}" for line in lines] + [""]
+            zf.writestr(f"x/{key}/{key}.obj", obj)
+        zf.writestr("PluginFurnitureCatalog.properties", "\n".join(props).encode("latin-1"))
+    return folder
+
+
+def test_catalogue_model_rotation_is_applied_before_sizing(tmp_path):
+    from unipre3d_hf.data.sweethome3d import _load_parts
+
+    # a tetrahedron lying in the OBJ (y up, cm): 30 along x, 2 along y, 60 along z; the catalogue stands it up with
+    # modelRotation (x, y, z) -> (x, z, -y) (rows first) and sizes it 30 wide, 2 deep, 60 high
+    tetra = "v 0 0 0\nv 30 0 0\nv 0 2 0\nv 0 0 60\nf 1 2 3\nf 1 2 4\nf 1 3 4\nf 2 3 4\n"
+    sizes = ["width=30", "depth=2", "height=60"]
+    source = _single_pack(
+        str(tmp_path / "packs"),
+        [
+            ("stood", tetra, [*sizes, "modelRotation=1 0 0 0 0 1 0 -1 0"]),
+            ("plain", tetra, sizes),
+            ("badrot", tetra, [*sizes, "modelRotation=1 0 0 0 1 0"]),
+        ],
+    )
+    models, _, bad = list_furniture(source)
+    assert [m.id for m in models] == ["Extra#plain", "Extra#stood"]
+    assert bad == [("Extra#badrot", "modelRotation is not 9 numbers of an invertible matrix: '1 0 0 0 1 0'")]
+    stood = next(m for m in models if m.id == "Extra#stood")
+    assert stood.rotation == ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, -1.0, 0.0))
+    parts = _load_parts(stood, str(tmp_path / "m"), str(tmp_path), "k")
+    vertices = np.unique(np.concatenate([p.vertices for p in parts]).round(9), axis=0)
+    # rotated (y up): (0,0,0), (30,0,0), (0,0,-2), (0,60,0) = catalogue size, scale 1; z up (x, -z, y); box centred in
+    # x / y, base at z = 0; metres
+    expected = np.array([[-0.15, -0.01, 0.0], [-0.15, -0.01, 0.6], [-0.15, 0.01, 0.0], [0.15, -0.01, 0.0]])
+    np.testing.assert_allclose(vertices, expected, atol=1e-9)
+    plain = _load_parts(models[0], str(tmp_path / "p"), str(tmp_path), "q")  # no rotation: stretched per axis
+    assert not np.allclose(np.unique(np.concatenate([p.vertices for p in plain]).round(9), axis=0), expected)
+
+
+def test_faces_are_drawn_from_both_sides(tmp_path):
+    from unipre3d_hf.data.mini import _connect, _look_at, _render
+    from unipre3d_hf.data.sweethome3d import _add_parts, _load_parts
+
+    # one single-sided triangle (a leaf): pybullet's renderer culls it from behind unless it is doubled
+    source = _single_pack(
+        str(tmp_path / "packs"),
+        [("leaf", "v 0 0 0\nv 40 0 0\nv 0 40 0\nf 1 2 3\n", ["width=40", "depth=1", "height=40"])],
+    )
+    (model,), _, _ = list_furniture(source)
+    (part,) = _load_parts(model, str(tmp_path / "m"), str(tmp_path), "k")
+    assert len(part.faces) == 2 and len(part.vertices) == 6
+    np.testing.assert_array_equal(part.faces[1], part.faces[0][::-1] + 3)  # reversed winding on the copy
+    np.testing.assert_allclose(part.normals[3:], -part.normals[:3])
+    p, cid, _ = _connect()
+    try:
+        (body,) = _add_parts(p, cid, [part], 1.0, 0.0, [0.0, 0.0, -0.2], {})
+        intr = np.array([40.0, 40.0, 16.0, 16.0])
+        seen = []
+        for eye in ([0.0, -1.5, 0.0], [0.0, 1.5, 0.0]):  # the front (-y) and the back
+            _, _, seg = _render(p, cid, _look_at(np.array(eye), np.zeros(3)), intr, 32, 32, 0.1, 10.0)
+            seen.append(int((seg == body).sum()))
+        assert min(seen) > 20 and abs(seen[0] - seen[1]) <= 0.1 * max(seen)
+    finally:
+        p.disconnect(physicsClientId=cid)
+
+
 def test_objects_and_cls_rows_splits_and_bad_models(built):
     out, summaries = built
     skipped = dict(summaries["objects"].skipped)
@@ -181,7 +253,11 @@ def test_points_land_on_their_silhouettes(built):
         col, line = uv.floor().long().clamp(0, 63).unbind(-1)
         alpha = np.stack([np.asarray(decode_image(im))[..., 3] for im in row["images"]])
         hits.append(alpha[np.arange(len(alpha))[:, None], line.numpy(), col.numpy()] > 0)
+    checked = check_object_rows(rows, tolerances=(0, 1))
+    np.testing.assert_allclose([c["hit"][0] for c in checked], [h.mean() for h in hits])  # the same check
+    assert [c["id"] for c in checked] == [r["id"] for r in rows]
     assert float(np.mean(hits)) > 0.95
+    assert min(c["hit"][1] for c in checked) > 0.99  # the strict misses are within a pixel of a silhouette
 
 
 def test_rooms_depth_unprojects_onto_labelled_cloud(built):
@@ -206,6 +282,11 @@ def test_rooms_depth_unprojects_onto_labelled_cloud(built):
         for inst in np.unique(instance[instance >= 0]):  # an instance is one object: one class
             assert len(np.unique(segment[instance == inst])) == 1
         assert set(np.unique(segment[instance >= 0])) <= {2 + CLASSES.index("chair"), 2 + CLASSES.index("table")}
+    checked = check_scene_rows(rows, max_pixels=1000)
+    assert all(c["median_distance"] < 0.02 and c["valid_fraction"] > 0.9 for c in checked)
+    assert all(c["classes_per_instance"] == 1 and c["unlabelled_instances"] == 0 for c in checked)
+    for row, c in zip(rows, checked):
+        assert len(c["instance_segments"]) == len(np.unique(row["instance"][row["instance"] >= 0]))
     batch = ScenePretrainingCollator(seed=0)(rows)
     assert batch["reference_depths"].shape[:2] == (2, 8) and batch["reference_depths"].max() > 0.5
 

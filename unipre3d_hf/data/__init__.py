@@ -12,7 +12,7 @@ from .downstream import (
     convert_scanobjectnn,
     convert_shapenet_part,
 )
-from .geometry import unproject_depth_to_world
+from .geometry import check_object_rows, check_scene_rows, silhouette_hits, unproject_depth_to_world
 from .mini import OBJECT_MESHES, SCENE_CLASSES, build_objects_mini, build_scenes_mini, load_mini_dataset
 from .rows import EpochSampler, NumpyRows, SeededRows, arrow_value_to_numpy
 from .sampling import ObjectViewSampler, SceneViewSampler
@@ -78,6 +78,9 @@ __all__ = [
     "EpochSampler",
     "SeededRows",
     "arrow_value_to_numpy",
+    "check_object_rows",
+    "check_scene_rows",
+    "silhouette_hits",
     "unproject_depth_to_world",
     "SceneAugmentation",
     "apply_rigid_transform",

@@ -3,7 +3,8 @@
 Debian's ``sweethome3d-furniture`` package holds about 820 furniture and household models made by third parties
 (``/usr/share/sweethome3d/furniture/*.sh3f``; CC-BY-3.0, CC-BY-3.0-US or CC0 per pack). Each ``.sh3f`` is a zip with a
 ``PluginFurnitureCatalog.properties`` (a Java properties file: ``name#i``, ``category#i``, ``tags#i``, ``model#i``,
-``creator#i``, ``width#i`` / ``depth#i`` / ``height#i`` in cm, ``doorOrWindow#i``, ``elevation#i``) and the OBJ + MTL +
+``creator#i``, ``width#i`` / ``depth#i`` / ``height#i`` in cm, ``doorOrWindow#i``, ``elevation#i``,
+``modelRotation#i``) and the OBJ + MTL +
 texture files of each model. :func:`build_sweethome3d` turns them into three datasets:
 
 - ``sweethome3d-objects`` (``OBJECT_FEATURES``): each model at its catalogue proportions, upright (z up), its box
@@ -22,8 +23,11 @@ texture files of each model. :func:`build_sweethome3d` turns them into three dat
 
 OBJ files are read with trimesh (one part per material, chunked to pybullet's vertex limit) and drawn with pybullet's
 CPU renderer; each part gets its material's diffuse colour or its texture. SweetHome3D models are y-up with the front
-towards +z; they become z-up with the front towards -y, and are scaled per axis to the catalogue's width (x), depth
-(y) and height (z), as SweetHome3D shows them.
+towards +z; a catalogue ``modelRotation`` (33 of the 820 models: modelled lying down or turned) is applied first, as
+SweetHome3D does; they become z-up with the front towards -y, and are scaled per axis to the catalogue's width (x),
+depth (y) and height (z), as SweetHome3D shows them. Every face is drawn from both sides: pybullet's renderer culls
+faces whose winding is clockwise on screen, so a single-sided face (a leaf, a fence board, a lamp shade seen from
+inside, a model with inverted winding) would vanish from half the views while its surface points stay in the row.
 """
 
 from __future__ import annotations
@@ -41,7 +45,16 @@ import numpy as np
 from datasets import ClassLabel, Features, List, Value
 
 from ..rendering.synthetic import SCANNET_FX_160, SHAPENET_FOV_DEG
-from .mini import _FLOOR_TEXTURES, _box, _connect, _object_views_and_points, _orbit_eyes, _progress, _scene_frames
+from .mini import (
+    _FLOOR_TEXTURES,
+    _box,
+    _connect,
+    _object_views_and_points,
+    _orbit_eyes,
+    _progress,
+    _scene_frames,
+    _yaw_quaternion,
+)
 from .schemas import (
     OBJECT_FEATURES,
     SCENE_FEATURES,
@@ -228,6 +241,7 @@ class FurnitureModel:
     height: float
     door_or_window: bool
     elevation: float
+    rotation: tuple | None = None  # the catalogue's modelRotation: a 3x3 matrix (rows) applied to the y-up model
 
 
 def list_furniture(source: str = DEFAULT_SOURCE) -> tuple[list[FurnitureModel], dict[str, str], list[tuple]]:
@@ -265,17 +279,40 @@ def list_furniture(source: str = DEFAULT_SOURCE) -> tuple[list[FurnitureModel], 
             if not all(math.isfinite(d) and d > 0 for d in dims):
                 bad.append((entry, f"catalogue size is not positive: {dims}"))
                 continue
+            rotation = _rotation(props.get(f"modelRotation#{i}"))
+            if rotation == ():
+                text = props[f"modelRotation#{i}"]
+                bad.append((entry, f"modelRotation is not 9 numbers of an invertible matrix: {text!r}"))
+                continue
             models.append(
                 FurnitureModel(
                     id=entry, name=props.get(f"name#{i}", entry), category=props.get(f"category#{i}", ""),
                     tags=props.get(f"tags#{i}", ""), creator=props.get(f"creator#{i}", "unknown"), pack=pack,
                     pack_license=packs[pack], sh3f=path, model=model.lstrip("/"), width=dims[0], depth=dims[1],
                     height=dims[2], door_or_window=props.get(f"doorOrWindow#{i}", "false").lower() == "true",
-                    elevation=_number(props.get(f"elevation#{i}"), 0.0) / 100.0,
+                    elevation=_number(props.get(f"elevation#{i}"), 0.0) / 100.0, rotation=rotation,
                 )
             )  # fmt: skip
     models.sort(key=lambda m: m.id)
     return models, packs, bad
+
+
+def _rotation(text: str | None) -> tuple | None:
+    """A catalogue ``modelRotation`` (``m00 m01 m02 m10 m11 m12 m20 m21 m22``, rows first, applied as ``M @ v`` to the
+    y-up model before it is sized: SweetHome3D's ``ModelManager.getRotationTransformation``) as a tuple of 3 rows;
+    None when absent, ``()`` when it is not 9 finite numbers of an invertible matrix."""
+    if text is None or not text.strip():
+        return None
+    try:
+        values = [float(v) for v in text.split()]
+    except ValueError:
+        return ()
+    if len(values) != 9 or not all(math.isfinite(v) for v in values):
+        return ()
+    matrix = np.array(values).reshape(3, 3)
+    if abs(np.linalg.det(matrix)) < 1e-6:
+        return ()
+    return tuple(tuple(row) for row in matrix.tolist())
 
 
 def _number(text: str | None, default: float) -> float:
@@ -307,7 +344,8 @@ class _Part:
     rgba: tuple
 
 
-_MAX_FACES_PER_SHAPE = 30_000  # keeps each pybullet shape under its per-shape vertex limit (3 vertices per face)
+# keeps each pybullet shape under its per-shape vertex limit: 3 vertices per face, each face drawn from both sides
+_MAX_FACES_PER_SHAPE = 15_000
 # SweetHome3D's y-up, front +z model frame -> z-up, front -y: (x, y, z) -> (x, -z, y)
 _Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
@@ -374,7 +412,10 @@ def _load_parts(model: FurnitureModel, folder: str, texture_dir: str, key: str) 
     for geom in scene.geometry.values():
         if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
             continue
-        vertices = np.asarray(geom.vertices, dtype=np.float64) @ _Y_UP_TO_Z_UP.T
+        vertices = np.asarray(geom.vertices, dtype=np.float64)
+        if model.rotation is not None:
+            vertices = vertices @ np.asarray(model.rotation).T
+        vertices = vertices @ _Y_UP_TO_Z_UP.T
         visual = geom.visual
         uvs = getattr(visual, "uv", None)
         material = getattr(visual, "material", None)
@@ -411,11 +452,20 @@ def _load_parts(model: FurnitureModel, folder: str, texture_dir: str, key: str) 
         for start in range(0, len(faces), _MAX_FACES_PER_SHAPE):
             chunk = faces[start : start + _MAX_FACES_PER_SHAPE]
             used, local = np.unique(chunk, return_inverse=True)
-            parts.append(
-                _Part(v[used], local.reshape(-1, 3), n[used], None if uvs is None else np.asarray(uvs)[used],
-                      texture, rgba)
-            )  # fmt: skip
+            parts.append(_double_sided(v[used], local.reshape(-1, 3), n[used],
+                                       None if uvs is None else np.asarray(uvs)[used], texture, rgba))  # fmt: skip
     return parts
+
+
+def _double_sided(vertices, faces, normals, uvs, texture, rgba) -> _Part:
+    """A part whose faces are drawn from both sides: a copy of the vertices with flipped normals (so that the side
+    facing the camera is lit as its own side) and the faces in reverse winding on them; the renderer culls whichever
+    of the two is clockwise on screen, so the pair never fights over depth."""
+    k = len(vertices)
+    return _Part(
+        np.concatenate([vertices, vertices]), np.concatenate([faces, faces[:, ::-1] + k]),
+        np.concatenate([normals, -normals]), None if uvs is None else np.concatenate([uvs, uvs]), texture, rgba,
+    )  # fmt: skip
 
 
 def _parts_size(parts: list[_Part]) -> np.ndarray:
@@ -423,25 +473,32 @@ def _parts_size(parts: list[_Part]) -> np.ndarray:
     return allv.max(axis=0) - allv.min(axis=0)
 
 
-def _add_parts(p, cid, parts: list[_Part], scale: float, yaw: float, offset, textures: dict) -> list[int]:
-    """Create one pybullet body per part: vertices scaled by ``scale``, turned by ``yaw`` about z, moved by
-    ``offset``. ``textures`` caches texture ids by path for this pybullet world. Returns the body ids."""
-    c, s = math.cos(yaw), math.sin(yaw)
-    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    bodies = []
+def _part_shapes(p, cid, parts: list[_Part], scale: float = 1.0) -> list[int]:
+    """One pybullet visual shape per part, vertices scaled by ``scale``. pybullet never frees a mesh shape made from
+    vertices (not on ``resetSimulation``, not on disconnect: about 240 bytes a vertex), so the rooms make each
+    model's shapes once and place them in every room that uses the model."""
+    shapes = []
     for part in parts:
-        kwargs = {}
-        if part.uvs is not None and part.texture is not None:
-            kwargs["uvs"] = part.uvs.tolist()
+        kwargs = {"uvs": part.uvs.tolist()} if part.uvs is not None and part.texture is not None else {}
         shape = p.createVisualShape(
-            p.GEOM_MESH, vertices=(part.vertices * scale @ rot.T + np.asarray(offset)).tolist(),
-            indices=part.faces.reshape(-1).tolist(), normals=(part.normals @ rot.T).tolist(), physicsClientId=cid,
-            **kwargs,
+            p.GEOM_MESH, vertices=(part.vertices * scale).tolist(), indices=part.faces.reshape(-1).tolist(),
+            normals=part.normals.tolist(), physicsClientId=cid, **kwargs,
         )  # fmt: skip
         if shape < 0:
             raise ValueError("pybullet refused a mesh part")
-        body = p.createMultiBody(0, -1, shape, [0, 0, 0], physicsClientId=cid)
-        if "uvs" in kwargs:
+        shapes.append(shape)
+    return shapes
+
+
+def _add_parts(p, cid, parts: list[_Part], scale: float, yaw: float, offset, textures: dict, shapes=None) -> list[int]:
+    """Create one pybullet body per part: vertices scaled by ``scale``, turned by ``yaw`` about z, moved by
+    ``offset``. ``textures`` caches texture ids by path for this pybullet world; ``shapes`` are the parts' shapes
+    from :func:`_part_shapes` (made here when None). Returns the body ids."""
+    shapes = _part_shapes(p, cid, parts, scale) if shapes is None else shapes
+    bodies = []
+    for part, shape in zip(parts, shapes):
+        body = p.createMultiBody(0, -1, shape, list(offset), _yaw_quaternion(yaw), physicsClientId=cid)
+        if part.uvs is not None and part.texture is not None:
             if part.texture not in textures:
                 textures[part.texture] = p.loadTexture(part.texture, physicsClientId=cid)
             p.changeVisualShape(body, -1, textureUniqueId=textures[part.texture], rgbaColor=[1, 1, 1, 1],
@@ -479,15 +536,19 @@ def _rect_free(rect, placed, margin=0.05) -> bool:
                for a0, b0, a1, b1 in placed)  # fmt: skip
 
 
-def _furnish_room(p, cid, data_dir, pool, parts_of, rng, doors, windows):
+def _furnish_room(p, cid, data_dir, pool, parts_of, rng, doors, windows, shapes: dict, textures: dict):
     """Floor, walls, a door, 0-2 windows and 4-8 models of ``pool`` (model indices; ``parts_of(i)`` gives
     (model, parts or None when it failed to load)) placed at
-    their real size without overlapping footprints (yaw in quarter turns). Returns ({body: (class, instance)},
-    half sizes (x, y), [placed model ids])."""
+    their real size without overlapping footprints (yaw in quarter turns). ``shapes`` (model index -> shape ids)
+    and ``textures`` (path -> texture id) are this pybullet world's caches, kept from room to room. Returns
+    ({body: (class, instance)}: every body made, half sizes (x, y), [placed model ids])."""
     half = np.array([rng.uniform(1.5, 2.2), rng.uniform(1.5, 2.2)])
     height = 2.5
     labels: dict[int, tuple[int, int]] = {}
-    tex = p.loadTexture(os.path.join(data_dir, _FLOOR_TEXTURES[rng.integers(len(_FLOOR_TEXTURES))]))
+    floor = os.path.join(data_dir, _FLOOR_TEXTURES[rng.integers(len(_FLOOR_TEXTURES))])
+    if floor not in textures:
+        textures[floor] = p.loadTexture(floor, physicsClientId=cid)
+    tex = textures[floor]
     labels[_box(p, cid, [half[0], half[1], 0.01], [0, 0, -0.01], [1, 1, 1, 1], tex)] = (ROOM_CLASSES.index("floor"), -1)
     wall_rgb = rng.uniform(0.55, 0.95, 3)
     for axis in range(2):
@@ -497,7 +558,7 @@ def _furnish_room(p, cid, data_dir, pool, parts_of, rng, doors, windows):
             pos[axis] = sign * (half[axis] + 0.02)
             shade = np.clip(wall_rgb * rng.uniform(0.85, 1.0), 0, 1)
             labels[_box(p, cid, ext, pos, [*shade, 1.0])] = (ROOM_CLASSES.index("wall"), -1)
-    placed, used, textures, instance = [], [], {}, 0
+    placed, used, instance = [], [], 0
 
     def put(index, yaw_quarters, center_xy, z):
         nonlocal instance
@@ -511,7 +572,10 @@ def _furnish_room(p, cid, data_dir, pool, parts_of, rng, doors, windows):
             return False
         if z < 0.3 and not _rect_free(rect, placed):  # windows hang above the floor furniture
             return False
-        bodies = _add_parts(p, cid, parts, 1.0, yaw_quarters * math.pi / 2, [center_xy[0], center_xy[1], z], textures)
+        if index not in shapes:
+            shapes[index] = _part_shapes(p, cid, parts)
+        offset = [center_xy[0], center_xy[1], z]
+        bodies = _add_parts(p, cid, parts, 1.0, yaw_quarters * math.pi / 2, offset, textures, shapes[index])
         label = classify_furniture(model.name, model.category)
         for b in bodies:
             labels[b] = (ROOM_CLASSES.index(CLASSES[label]), instance)
@@ -843,15 +907,19 @@ def _build_rooms(
             s: ShardedParquetWriter(build_dir, s, SCENE_FEATURES, rows_per_shard=32) for s in ("train", "validation")
         }
         p, cid, data_dir = _connect()
+        shapes, textures = {}, {}  # one world for every room: its mesh shapes and textures are made once
         bar = _progress(rooms, "sweethome3d rooms") if show_progress else None
         try:
             for r in range(rooms):
                 rng = np.random.default_rng([seed, 1_000_003, r])
-                p.resetSimulation(physicsClientId=cid)
-                room_labels, half, used = _furnish_room(p, cid, data_dir, pool, parts_of, rng, doors, windows)
+                room_labels, half, used = _furnish_room(
+                    p, cid, data_dir, pool, parts_of, rng, doors, windows, shapes, textures
+                )
                 used_ids.update(used)
                 row = _scene_frames(p, cid, room_labels, half, rng, frames, intr, width, height, voxel_size,
                                     image_format)  # fmt: skip
+                for body in room_labels:  # the next room starts empty; the shapes stay for reuse
+                    p.removeBody(body, physicsClientId=cid)
                 split = "validation" if (r % 10 == 9 or (rooms < 10 and rooms >= 2 and r == rooms - 1)) else "train"
                 writers[split].write({"id": f"sh3d_room{r:04d}", **row})
                 if bar is not None:
