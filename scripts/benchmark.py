@@ -176,19 +176,25 @@ def bench_backbones(args) -> list[dict]:
     return rows
 
 
+def _times_ms(fn, device: torch.device, repeats: int) -> list[float]:
+    """Wall times (ms) of ``repeats`` calls of ``fn``, each between two device synchronisations."""
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
 def _time_step(step, device: torch.device, warmup: int, repeats: int) -> dict:
     for _ in range(warmup):
         step()
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
+    times = _times_ms(step, device, repeats)
     result = {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
     if device.type == "cuda":
         result["peak_mem_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -416,14 +422,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 
 
 def _median_ms(fn, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(_times_ms(fn, device, repeats))
 
 
 def _random_sd_vae(folder: str) -> str:

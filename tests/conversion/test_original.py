@@ -179,3 +179,27 @@ def test_pcm_prompt_rows_follow_the_training_process_set_order():
     torch.testing.assert_close(model.order_prompt.weight[7 * 6 : 8 * 6], orig[6 * j : 6 * j + 6], rtol=0, atol=0)
     with pytest.raises(CheckpointConversionError, match="pcm_unique_orders"):
         pcm_prompt_rows(rows, orders, 6, unique[:-1])
+
+
+class _Planted:
+    """Unpickling this object would create a file: the converters must refuse it without running it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("reader", ["original", "pointcept"])
+def test_a_checkpoint_holding_python_objects_is_refused_unrun(tmp_path, reader):
+    from unipre3d_hf.conversion.original import CheckpointConversionError, load_original_checkpoint
+    from unipre3d_hf.conversion.pointcept import load_pointcept_checkpoint
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": _Planted(str(marker))}, path)
+    load = load_original_checkpoint if reader == "original" else load_pointcept_checkpoint
+    with pytest.raises(CheckpointConversionError, match="never runs a checkpoint's pickled code: re-save"):
+        load(path)
+    assert not marker.exists()

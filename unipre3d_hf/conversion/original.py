@@ -160,17 +160,26 @@ class CheckpointConversionError(ValueError):
     """A checkpoint that does not match the original layout (unknown keys, missing keys, wrong shapes)."""
 
 
+def load_tensors_only(path: str | Path, resave_hint: str):
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors, numbers, strings, lists and dicts only. A file that
+    holds other Python objects is refused with a :class:`CheckpointConversionError` that ends with ``resave_hint``:
+    this package never runs a checkpoint's pickled code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointConversionError(
+            f"{path} holds Python objects that `torch.load(weights_only=True)` refuses to unpickle ({err}); this "
+            f"converter never runs a checkpoint's pickled code: {resave_hint}"
+        ) from None
+
+
 def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an original ``.pth`` with ``torch.load(weights_only=True)`` and return its model state dict, ``module.``
     prefixes stripped. Accepts the full training checkpoint (``model_state_dict`` inside) or a bare state dict."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointConversionError(
-            f"{path} holds Python objects that `torch.load(weights_only=True)` refuses to unpickle ({err}). This "
-            "converter never runs a checkpoint's pickled code; re-save the weights alone, in a trusted environment, "
-            "with `torch.save({'model_state_dict': ckpt['model_state_dict']}, 'weights.pth')`"
-        ) from None
+    obj = load_tensors_only(
+        path, "re-save the weights alone, in a trusted environment, with "
+        "`torch.save({'model_state_dict': ckpt['model_state_dict']}, 'weights.pth')`"
+    )  # fmt: skip
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

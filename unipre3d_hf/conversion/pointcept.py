@@ -29,14 +29,21 @@ one (Sonata's files), otherwise from Pointcept's defaults (heads = channels / 16
 
 from __future__ import annotations
 
-import pickle
 import re
 import warnings
 from pathlib import Path
 
 import torch
 
-from .original import PTV3_RULES, SPARSE_UNET_RULES, CheckpointConversionError, map_state_dict, rename, strip_prefix
+from .original import (
+    PTV3_RULES,
+    SPARSE_UNET_RULES,
+    CheckpointConversionError,
+    load_tensors_only,
+    map_state_dict,
+    rename,
+    strip_prefix,
+)
 
 try:
     from transformers.initialization import no_init_weights
@@ -268,13 +275,7 @@ def load_pointcept_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor]
 
     Accepts Sonata's released layout ``{"config": {...}, "state_dict": {...}}``, Pointcept's training checkpoints
     ``{"state_dict": ..., "epoch": ..., ...}`` (``config`` is then ``None``) and a bare state dict."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointConversionError(
-            f"{path} holds Python objects that `torch.load(weights_only=True)` refuses to unpickle ({err}); this "
-            "converter never runs a checkpoint's pickled code: re-save `{'state_dict': ..., 'config': ...}` alone"
-        ) from None
+    obj = load_tensors_only(path, "re-save `{'state_dict': ..., 'config': ...}` alone")
     config = None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         config = obj.get("config")
