@@ -5,10 +5,11 @@ pybullet's CPU renderer (``ER_TINY_RENDERER``) draws them offline. pybullet is i
 
 - ``objects-mini`` (:func:`build_objects_mini`): each mesh in several random orientations and sizes; ``views`` RGBA
   views at 128x128 on a sphere around it with the paper's FoV (49.13 deg, fx = fy = 140 px), alpha from the
-  renderer's segmentation mask (the paper's objects are on black: the collator composites over its ``background``);
-  points on the surface with their texture colour, obtained by unprojecting the rendered depth of the views plus six
-  axis-aligned ones, reduced on a fine voxel grid and stored in farthest-point order (so the first ``k`` points are
-  the FPS-``k`` subset).
+  renderer's segmentation mask, anti-aliased as the paper's Blender renders: each view is rendered at ``supersample``
+  x the size and box-filtered, so an edge pixel's alpha is its covered fraction (the paper's objects are on black:
+  the collator composites over its ``background``); points on the surface with their texture colour, obtained by
+  unprojecting the rendered (supersampled) depth of the views plus six axis-aligned ones, reduced on a fine voxel
+  grid and stored in farthest-point order (so the first ``k`` points are the FPS-``k`` subset).
 - ``scenes-mini`` (:func:`build_scenes_mini`): small rooms (floor, four walls, tables, trays and objects placed at
   random) seen along a camera loop: RGB-D frames at 160x120 (ScanNet's 4:3 aspect, fx = fy = 577.87 / 4 as the
   paper's 160x120 ScanNet frames), poses, and the point cloud fused from the depth frames at 2 cm with colours,

@@ -11,8 +11,8 @@ texture files of each model. :func:`build_sweethome3d` turns them into three dat
   centred at the origin and scaled to a diagonal of 1 (ShapeNet's normalisation); ``views`` textured RGBA views on
   the ShapeNet multi-view rig (FoV 49.13 deg, distance 1.75, azimuth stratified over 360 deg, elevation uniform in
   [-20, 60] deg: the objects-mini range, section 8.1 of the method reference gives no training-view ranges) and
-  coloured surface points, rendered and unprojected by the same code as objects-mini
-  (:func:`~unipre3d_hf.data.mini._object_views_and_points`).
+  coloured surface points, rendered (anti-aliased by 2 x supersampling) and unprojected by the same code as
+  objects-mini (:func:`~unipre3d_hf.data.mini._object_views_and_points`).
 - ``sweethome3d-cls``: one row per model that :func:`classify_furniture` maps to one of :data:`CLASSES`, with the
   same points and colours and an integer ``label``; train/test split stratified by class. The test models are in the
   objects set's ``validation`` split, never in its ``train`` split.
