@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--points", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--supersample", type=int, default=2, help="render at N x the size, box-filter (1 = no AA)")
 
     p = sub.add_parser("scenes-mini", help="room set rendered from pybullet_data meshes")
     p.add_argument("--out", default=os.path.join("data", "scenes-mini"))
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--height", type=int, default=120)
     p.add_argument("--voxel-size", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--supersample", type=int, default=2, help="object views at N x the size, box-filtered (1 = no AA)")
 
     # downstream sets (fine-tuning); each refuses an existing --out unless --overwrite
     p = sub.add_parser("modelnet40", help="ModelNet40: modelnet40_normal_resampled (txt) or modelnet40_ply_hdf5_2048")
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             args.out, args.source, args.overwrite, tuple(s.strip() for s in args.only.split(",") if s.strip()),
             args.max_models, args.views, args.image_size, args.points, args.rooms, args.frames, args.width,
             args.height, args.voxel_size, args.image_format, cls_points=args.cls_points, seed=args.seed,
+            supersample=args.supersample,
         )  # fmt: skip
         for summary in summaries.values():
             print(summary.format())
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "objects-mini":
         summary = build_objects_mini(
             args.out, args.objects, args.poses, args.views, args.image_size, args.points, args.seed,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, supersample=args.supersample,
         )  # fmt: skip
     elif args.command == "scenes-mini":
         summary = build_scenes_mini(

@@ -256,7 +256,7 @@ def test_points_land_on_their_silhouettes(built):
     checked = check_object_rows(rows, tolerances=(0, 1))
     np.testing.assert_allclose([c["hit"][0] for c in checked], [h.mean() for h in hits])  # the same check
     assert [c["id"] for c in checked] == [r["id"] for r in rows]
-    assert float(np.mean(hits)) > 0.95
+    assert float(np.mean(hits)) > 0.99  # anti-aliased views (supersample=2); binary ones at pixel centres: ~0.96
     assert min(c["hit"][1] for c in checked) > 0.99  # the strict misses are within a pixel of a silhouette
 
 

@@ -5,10 +5,11 @@ pybullet's CPU renderer (``ER_TINY_RENDERER``) draws them offline. pybullet is i
 
 - ``objects-mini`` (:func:`build_objects_mini`): each mesh in several random orientations and sizes; ``views`` RGBA
   views at 128x128 on a sphere around it with the paper's FoV (49.13 deg, fx = fy = 140 px), alpha from the
-  renderer's segmentation mask (the paper's objects are on black: the collator composites over its ``background``);
-  points on the surface with their texture colour, obtained by unprojecting the rendered depth of the views plus six
-  axis-aligned ones, reduced on a fine voxel grid and stored in farthest-point order (so the first ``k`` points are
-  the FPS-``k`` subset).
+  renderer's segmentation mask, anti-aliased as the paper's Blender renders: each view is rendered at ``supersample``
+  x the size and box-filtered, so an edge pixel's alpha is its covered fraction (the paper's objects are on black:
+  the collator composites over its ``background``); points on the surface with their texture colour, obtained by
+  unprojecting the rendered (supersampled) depth of the views plus six axis-aligned ones, reduced on a fine voxel
+  grid and stored in farthest-point order (so the first ``k`` points are the FPS-``k`` subset).
 - ``scenes-mini`` (:func:`build_scenes_mini`): small rooms (floor, four walls, tables, trays and objects placed at
   random) seen along a camera loop: RGB-D frames at 160x120 (ScanNet's 4:3 aspect, fx = fy = 577.87 / 4 as the
   paper's 160x120 ScanNet frames), poses, and the point cloud fused from the depth frames at 2 cm with colours,
@@ -222,29 +223,66 @@ def _orbit_eyes(rng: np.random.Generator, views: int, elevation_deg, radius) -> 
     return eyes
 
 
+def _box_filter(rgb: np.ndarray, mask: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Anti-alias a view rendered at ``s`` x the output size: ``[sH, sW, 3]`` uint8 colours and ``[sH, sW]`` bool
+    object mask become ``[H, W, 3]`` uint8 straight (not premultiplied) colour and ``[H, W]`` uint8 alpha. Each output
+    pixel averages its ``s x s`` block: alpha = the covered fraction (x 255, rounded), colour = the mean of the covered
+    sub-pixels (premultiplied averaging, then divided by the coverage; black where nothing is covered), so that
+    compositing ``rgb * a + bg * (1 - a)`` (the collators) equals averaging the sub-pixels composited over ``bg``.
+    With ``s = 1`` it returns the mask as 0 / 255 and the colour unchanged where covered."""
+    h, w = mask.shape[0] // s, mask.shape[1] // s
+    m = mask.reshape(h, s, w, s).astype(np.float64)
+    count = m.sum(axis=(1, 3))
+    total = (rgb.reshape(h, s, w, s, 3).astype(np.float64) * m[..., None]).sum(axis=(1, 3))
+    colour = np.where(count[..., None] > 0, total / np.maximum(count, 1.0)[..., None], 0.0)
+    alpha = np.rint(255.0 * count / (s * s))
+    return np.clip(np.rint(colour), 0, 255).astype(np.uint8), alpha.astype(np.uint8)
+
+
 def _object_views_and_points(
-    p, cid, bodies: set, eyes, intr, image_size: int, voxel: float, num_points: int, rng, image_format: str = "png"
+    p,
+    cid,
+    bodies: set,
+    eyes,
+    intr,
+    image_size: int,
+    voxel: float,
+    num_points: int,
+    rng,
+    image_format: str = "png",
+    supersample: int = 1,
 ):
     """Render the bodies (one object, centred at the origin) from each eye looking at the origin; returns the encoded
     RGBA views (alpha = the object's mask, RGB black outside; RGB on black for JPEG), their camera-to-world
     ``[V, 4, 4]`` float32, and ``num_points`` surface points ``[n, 3]`` float32 with colours ``[n, 3]`` uint8 in
     farthest-point order, obtained by unprojecting the depth of the views and of six axis-aligned views at 1.75,
-    reduced on a ``voxel`` grid. Points and colours are None when fewer than 16 surface pixels were seen."""
+    reduced on a ``voxel`` grid. Points and colours are None when fewer than 16 surface pixels were seen.
+
+    ``supersample`` = s > 1 renders each view at ``s * image_size`` with the intrinsics ``s * intr`` (pixel centres at
+    +0.5 at both sizes, so output pixel ``j`` is covered by sub-pixels ``s j .. s j + s - 1``) and box-filters it to
+    ``image_size`` (:func:`_box_filter`): anti-aliased views as Blender's renders of the paper's ShapeNet views, alpha
+    the covered fraction (for JPEG the RGB is composited over black). Points come from the high-resolution depth of
+    the same cameras. ``intr`` (``[4]``: fx, fy, cx, cy) stays that of ``image_size``; s = 1 is a plain render."""
+    if not isinstance(supersample, int) or supersample < 1:
+        raise ValueError(f"`supersample` must be an integer >= 1, got {supersample!r}")
     images, c2ws, world_pts, world_rgb = [], [], [], []
     seg_ids = np.array(sorted(bodies))
     extra = [1.75 * np.array(d, dtype=np.float64) for d in np.vstack([np.eye(3), -np.eye(3)])]
+    size = supersample * image_size
+    intr_hi = np.asarray(intr, dtype=np.float64) * supersample  # u' = s u for fx, fy, cx, cy alike
     for i, eye in enumerate(list(eyes) + extra):
         up = (0.0, 1.0, 0.0) if abs(eye[2]) > 0.99 * np.linalg.norm(eye) else (0.0, 0.0, 1.0)
         c2w = _look_at(eye, np.zeros(3), up)
-        rgb, z, seg = _render(p, cid, c2w, intr, image_size, image_size, 0.1, 10.0)
+        rgb, z, seg = _render(p, cid, c2w, intr_hi, size, size, 0.1, 10.0)
         mask = np.isin(seg, seg_ids)
-        cam = unproject_depth(np.where(mask, z, 0.0), intr)[mask]
+        cam = unproject_depth(np.where(mask, z, 0.0), intr_hi)[mask]
         world_pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
         world_rgb.append(rgb[mask])
         if i < len(eyes):
-            alpha = np.where(mask, 255, 0).astype(np.uint8)[..., None]
-            rgba = np.concatenate([np.where(mask[..., None], rgb, 0), alpha], axis=-1)
-            images.append(_encode(rgba, image_format))
+            colour, alpha = _box_filter(rgb, mask, supersample)
+            if image_format == "jpeg":  # no alpha channel: composite over black (premultiply)
+                colour = np.rint(colour * (alpha[..., None] / 255.0)).astype(np.uint8)
+            images.append(_encode(np.concatenate([colour, alpha[..., None]], axis=-1), image_format))
             c2ws.append(c2w.astype(np.float32))
     pts, cols = np.concatenate(world_pts), np.concatenate(world_rgb)
     if len(pts) < 16:
@@ -256,6 +294,13 @@ def _object_views_and_points(
     order = farthest_point_order(pts, num_points)
     colors = np.clip(np.rint(attrs["colors"][order]), 0, 255).astype(np.uint8)
     return images, np.stack(c2ws), pts[order].astype(np.float32), colors
+
+
+def _edges_text(supersample: int) -> str:
+    """How the object views' edges were made, for the dataset cards."""
+    if supersample == 1:
+        return "binary masks sampled at pixel centres"
+    return f"rendered at {supersample}x the size and box-filtered: anti-aliased, alpha = each pixel's covered fraction"
 
 
 def _progress(total: int, desc: str):
@@ -275,6 +320,7 @@ def build_objects_mini(
     seed: int = 0,
     show_progress: bool = True,
     overwrite: bool = False,
+    supersample: int = 2,
 ) -> BuildSummary:
     """Render the object mini set (see the module docstring) into ``out_dir`` and return its summary.
 
@@ -288,11 +334,15 @@ def build_objects_mini(
         views: views per row, on a sphere (stratified azimuth, elevation in [-20, 60] deg, radius in [1.4, 1.9]).
         image_size: square image side; the focal length follows the paper's FoV (140 px at 128).
         num_points: surface points per row, stored in farthest-point order.
+        supersample: render at this many times ``image_size`` and box-filter down (anti-aliased views, alpha the
+            covered fraction; 1 = binary masks sampled at pixel centres), see :func:`_object_views_and_points`.
     """
     start = time.perf_counter()
     meshes = OBJECT_MESHES[: num_objects or len(OBJECT_MESHES)]
     if poses < 1 or views < 1 or image_size < 8 or num_points < 1 or not meshes:
         raise ValueError("need poses >= 1, views >= 1, image_size >= 8, num_points >= 1 and at least one mesh")
+    if not isinstance(supersample, int) or supersample < 1:
+        raise ValueError(f"`supersample` must be an integer >= 1, got {supersample!r}")
     with dataset_output(out_dir, overwrite) as build_dir:
         p, cid, data_dir = _connect()
         rng = np.random.default_rng(seed)
@@ -310,7 +360,7 @@ def build_objects_mini(
                     body, _, _ = _load_normalized(p, cid, data_dir, file, kind, color, _random_quaternion(rng), size)
                     eyes = _orbit_eyes(rng, views, (-20.0, 60.0), (1.4, 1.9))
                     images, c2ws, pts, cols = _object_views_and_points(
-                        p, cid, {body}, eyes, intr, image_size, size / 200.0, num_points, rng
+                        p, cid, {body}, eyes, intr, image_size, size / 200.0, num_points, rng, supersample=supersample
                     )
                     p.removeBody(body, physicsClientId=cid)
                     row_id = f"{name}/pose{pose:02d}"
@@ -354,14 +404,16 @@ meshes that ship inside the `pybullet` wheel (`pybullet_data`: {names}). Each me
 orientations and sizes (largest side 0.6-1.0); each row has {views} RGBA views at {image_size}x{image_size}, rendered
 with pybullet's CPU renderer (`ER_TINY_RENDERER`) on a sphere of radius 1.4-1.9 around the object with the paper's FoV
 ({SHAPENET_FOV_DEG:.4f} deg, fx = fy = {focal:.1f} px, principal point at the centre), alpha from the segmentation
-mask. Cameras: camera-to-world, OpenCV axes (x right, y down, z forward); intrinsics (fx, fy, cx, cy) in pixels with
-pixel centres at +0.5. Points: {num_points} per row, on the surface with their rendered texture colour (depth of the
-views and 6 axis-aligned views unprojected, reduced on a grid of size/200, stored in farthest-point order); no axis
-remap is needed (points and cameras share the world frame). The last pose of each mesh is the `validation` split.
+mask ({_edges_text(supersample)}). Cameras: camera-to-world, OpenCV axes (x right, y down, z forward);
+intrinsics (fx, fy, cx, cy) in pixels with pixel centres at +0.5. Points: {num_points} per row, on the surface with
+their rendered texture colour (depth of the views and 6 axis-aligned views unprojected, reduced on a grid of size/200,
+stored in farthest-point order); no axis remap is needed (points and cameras share the world frame). The last pose of
+each mesh is the `validation` split.
 
-Built with `python scripts/build_dataset.py objects-mini --poses {poses} --views {views} --seed {seed}`
-(deterministic for a seed). Licence: the meshes and textures are those distributed with pybullet (see the
-`pybullet_data` folder of the pybullet package for each model's terms; the bullet3 repository is zlib-licensed).""",
+Built with `python scripts/build_dataset.py objects-mini --poses {poses} --views {views} --seed {seed}
+--supersample {supersample}` (deterministic for a seed). Licence: the meshes and textures are those distributed with
+pybullet (see the `pybullet_data` folder of the pybullet package for each model's terms; the bullet3 repository is
+zlib-licensed).""",
         )
         summary.bytes_on_disk = folder_size(build_dir)
     summary.seconds = time.perf_counter() - start

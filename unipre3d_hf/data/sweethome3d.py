@@ -11,8 +11,8 @@ texture files of each model. :func:`build_sweethome3d` turns them into three dat
   centred at the origin and scaled to a diagonal of 1 (ShapeNet's normalisation); ``views`` textured RGBA views on
   the ShapeNet multi-view rig (FoV 49.13 deg, distance 1.75, azimuth stratified over 360 deg, elevation uniform in
   [-20, 60] deg: the objects-mini range, section 8.1 of the method reference gives no training-view ranges) and
-  coloured surface points, rendered and unprojected by the same code as objects-mini
-  (:func:`~unipre3d_hf.data.mini._object_views_and_points`).
+  coloured surface points, rendered (anti-aliased by 2 x supersampling) and unprojected by the same code as
+  objects-mini (:func:`~unipre3d_hf.data.mini._object_views_and_points`).
 - ``sweethome3d-cls``: one row per model that :func:`classify_furniture` maps to one of :data:`CLASSES`, with the
   same points and colours and an integer ``label``; train/test split stratified by class. The test models are in the
   objects set's ``validation`` split, never in its ``train`` split.
@@ -49,6 +49,7 @@ from .mini import (
     _FLOOR_TEXTURES,
     _box,
     _connect,
+    _edges_text,
     _object_views_and_points,
     _orbit_eyes,
     _progress,
@@ -652,6 +653,7 @@ def build_sweethome3d(
     cls_points: int | None = None,
     seed: int = 0,
     show_progress: bool = True,
+    supersample: int = 2,
 ) -> dict[str, BuildSummary]:
     """Build ``<out_dir>/sweethome3d-objects``, ``-cls`` and ``-rooms`` (those named in ``only``) from the
     ``.sh3f`` packs in ``source``; see the module docstring. Each set replaces an existing one only once it is
@@ -670,6 +672,8 @@ def build_sweethome3d(
             set's ``validation`` split, with the same share of the unclassified models).
         cls_points: points per cls row (default ``num_points``): the first ``cls_points`` of the objects row's
             farthest-point order, itself a farthest-point subset (for a smaller benchmark copy).
+        supersample: object views (and the depth their points come from) are rendered at this many times
+            ``image_size`` and box-filtered down: anti-aliased, alpha the covered fraction (1 = binary masks).
     """
     only = tuple(only)
     unknown = set(only) - {"objects", "cls", "rooms"}
@@ -684,13 +688,15 @@ def build_sweethome3d(
     cls_points = num_points if cls_points is None else cls_points
     if not 1 <= cls_points <= num_points:
         raise ValueError(f"`cls_points` must be in [1, num_points = {num_points}], got {cls_points}")
+    if not isinstance(supersample, int) or supersample < 1:
+        raise ValueError(f"`supersample` must be an integer >= 1, got {supersample!r}")
     if not 0 < test_fraction < 1 or voxel_size <= 0:
         raise ValueError(f"need 0 < test_fraction < 1 and voxel_size > 0, got {test_fraction}, {voxel_size}")
     command = (
         f"python scripts/build_dataset.py sweethome3d --only {','.join(only)} --views {views} --image-size {image_size}"
         f" --image-format {image_format} --points {num_points} --rooms {rooms} --frames {frames} --width {width}"
         f" --height {height} --voxel-size {voxel_size} --cls-points {cls_points} --seed {seed}"
-        + (f" --max-models {max_models}" if max_models else "")
+        f" --supersample {supersample}" + (f" --max-models {max_models}" if max_models else "")
     )
     models, packs, bad_entries = list_furniture(source)
     models = models[:max_models] if max_models else models
@@ -704,7 +710,7 @@ def build_sweethome3d(
                 _build_objects_and_cls(
                     out_dir, overwrite, only, models, packs, bad_entries, labels, cls_split, obj_split, views,
                     image_size, num_points, image_format, seed, scratch, show_progress, test_fraction, command,
-                    cls_points,
+                    cls_points, supersample,
                 )
             )  # fmt: skip
         if "rooms" in only and rooms > 0:
@@ -719,7 +725,7 @@ def build_sweethome3d(
 
 def _build_objects_and_cls(
     out_dir, overwrite, only, models, packs, bad_entries, labels, cls_split, obj_split, views, image_size,
-    num_points, image_format, seed, scratch, show_progress, test_fraction, command, cls_points,
+    num_points, image_format, seed, scratch, show_progress, test_fraction, command, cls_points, supersample,
 ):  # fmt: skip
     import contextlib
 
@@ -765,7 +771,7 @@ def _build_objects_and_cls(
                     shutil.rmtree(folder, ignore_errors=True)
                 eyes = _orbit_eyes(rng, views, (-20.0, 60.0), (1.75, 1.75))
                 images, c2ws, pts, cols = _object_views_and_points(
-                    p, cid, set(bodies), eyes, intr, image_size, 1.0 / 200.0, num_points, rng, image_format
+                    p, cid, set(bodies), eyes, intr, image_size, 1.0 / 200.0, num_points, rng, image_format, supersample
                 )
                 if bar is not None:
                     bar.update(1)
@@ -810,7 +816,8 @@ def _build_objects_and_cls(
 {len(models)} furniture and household models of SweetHome3D's furniture library (Debian `sweethome3d-furniture`).
 Each model is shown at its catalogue proportions, upright (z up, front towards -y), its bounding box centred at the
 origin and scaled to a diagonal of 1 (ShapeNet's normalisation). Each row has {views} views at
-{image_size}x{image_size} ({"RGBA PNG, alpha = the object's mask" if image_format == "png" else "RGB JPEG on black"}),
+{image_size}x{image_size} ({"RGBA PNG, alpha = the object's mask" if image_format == "png" else "RGB JPEG on black"};
+{_edges_text(supersample)}),
 rendered textured with pybullet's CPU renderer at distance 1.75 with the paper's FoV ({SHAPENET_FOV_DEG:.4f} deg,
 fx = fy = {focal:.1f} px), azimuth stratified over 360 deg, elevation uniform in [-20, 60] deg. Cameras:
 camera-to-world, OpenCV axes; intrinsics (fx, fy, cx, cy) with pixel centres at +0.5. Points: {num_points} per row on
