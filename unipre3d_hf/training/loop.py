@@ -51,7 +51,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .ema import EMA
-from .optim import LR_SCHEDULERS, all_grads_finite, build_optimizer, build_scheduler, skip_step_if
+from .optim import LR_SCHEDULERS, all_grads_finite, build_optimizer, build_scheduler, is_fused_adam, skip_step_if
 from .tracking import build_trackers, to_json_value
 
 __all__ = [
@@ -397,13 +397,10 @@ def _resume(args, accelerator, model, optimizer, scheduler, ema) -> tuple[str | 
 def build_optimizer_and_scheduler(args: TrainingArguments, task: TrainingTask, model: nn.Module, device) -> tuple:
     """The run's AdamW (``task.parameter_groups``; fused on CUDA unless ``fused_optimizer`` says otherwise) and its
     learning-rate schedule. Moves ``model`` to ``device`` first: the optimizer's state follows its parameters."""
-    model.to(device)
-    fused = args.fused_optimizer
-    if fused is None:
-        fused = torch.device(device).type == "cuda"
+    model.to(device)  # build_optimizer's fused=None then means "fused on CUDA"
     optimizer = build_optimizer(
         task.parameter_groups(model), lr=args.learning_rate, weight_decay=args.weight_decay,
-        betas=tuple(args.adam_betas), eps=args.adam_epsilon, fused=fused,
+        betas=tuple(args.adam_betas), eps=args.adam_epsilon, fused=args.fused_optimizer,
     )  # fmt: skip
     scheduler = build_scheduler(
         optimizer, args.lr_step_size, args.lr_gamma, schedule=args.lr_scheduler, warmup_steps=args.warmup_steps,
@@ -415,9 +412,7 @@ def build_optimizer_and_scheduler(args: TrainingArguments, task: TrainingTask, m
 def optimizer_skips_on_device(optimizer, accelerator) -> bool:
     """Whether a step with a non-finite gradient can be skipped on the device (no host sync): a fused Adam / AdamW and
     no fp16 GradScaler (which sets the optimizer's ``found_inf`` itself)."""
-    inner = getattr(optimizer, "optimizer", optimizer)
-    fused = isinstance(inner, torch.optim.Adam | torch.optim.AdamW) and all(g.get("fused") for g in inner.param_groups)
-    return fused and getattr(accelerator, "scaler", None) is None
+    return is_fused_adam(optimizer) and getattr(accelerator, "scaler", None) is None
 
 
 def train_micro_step(

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "LR_SCHEDULERS", "PAPER_LR_SCHEDULES", "all_grads_finite", "build_optimizer", "build_scheduler", "skip_step_if",
+    "LR_SCHEDULERS", "PAPER_LR_SCHEDULES", "all_grads_finite", "build_optimizer", "build_scheduler", "is_fused_adam",
+    "skip_step_if",
 ]  # fmt: skip
 
 # StepLR (step_size, gamma), stepped every iteration: objects x0.8 every 20k iterations, scenes x0.9 every 10k
@@ -68,11 +69,16 @@ def skip_step_if(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor | Non
     Raises ValueError for an optimizer that is not a fused Adam / AdamW (the other implementations refuse the flag).
     """
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
-    if found_inf is not None and not (
-        isinstance(inner, torch.optim.Adam | torch.optim.AdamW) and all(g.get("fused") for g in inner.param_groups)
-    ):
+    if found_inf is not None and not is_fused_adam(inner):
         raise ValueError(f"`optimizer` must be a fused Adam / AdamW to skip a step on the device, got {inner!r}")
     inner.found_inf = found_inf
+
+
+def is_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` (or the torch optimizer an accelerate ``AcceleratedOptimizer`` wraps) is an Adam / AdamW
+    whose every group runs the fused kernel."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return isinstance(inner, torch.optim.Adam | torch.optim.AdamW) and all(g.get("fused") for g in inner.param_groups)
 
 
 LR_SCHEDULERS = ("step", "cosine", "constant")
