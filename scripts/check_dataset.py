@@ -17,9 +17,9 @@ import argparse
 import os
 
 import numpy as np
-import yaml
 
 from unipre3d_hf.data import check_object_rows, check_scene_rows, load_pretraining_dataset
+from unipre3d_hf.data.schemas import read_card_class_names
 
 
 def _splits(path: str, splits: str | None) -> list[str]:
@@ -27,16 +27,6 @@ def _splits(path: str, splits: str | None) -> list[str]:
         return splits.split(",")
     files = os.listdir(os.path.join(path, "data")) if os.path.isdir(os.path.join(path, "data")) else []
     return sorted({f.split("-")[0] for f in files if f.endswith(".parquet")}) or ["train"]
-
-
-def _class_names(path: str) -> list[str] | None:
-    card = os.path.join(path, "README.md")
-    if not os.path.isfile(card):
-        return None
-    text = open(card, encoding="utf-8").read()
-    if not text.startswith("---"):
-        return None
-    return (yaml.safe_load(text.split("---")[1]) or {}).get("class_names")
 
 
 def _spread(values) -> str:
@@ -72,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(rows)} rows: median unprojection distance (m) per row {_spread([r['median_distance'] for r in rows])}")
     print(f"  share of pixels with depth: {_spread([r['valid_fraction'] for r in rows])}")
     print(f"  instances per row: {_spread([len(r['instance_segments']) for r in rows])}")
-    names = _class_names(args.path)
+    names = read_card_class_names(args.path)
     if names:
         skip = {names.index(n) for n in args.not_objects.split(",") if n in names}
         counts = [sum(s not in skip for s in r["instance_segments"]) for r in rows]

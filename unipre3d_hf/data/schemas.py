@@ -43,6 +43,7 @@ __all__ = [
     "write_dataset_card",
     "load_pretraining_dataset",
     "load_split_dataset",
+    "read_card_class_names",
     "raw_features",
 ]
 
@@ -390,6 +391,21 @@ def write_dataset_card(
     with open(path, "w") as f:
         f.write("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body)
     return path
+
+
+def read_card_class_names(folder: str) -> list[str] | None:
+    """``class_names`` of the card (the YAML front matter of ``<folder>/README.md``) that
+    :func:`write_dataset_card` writes with ``extra_yaml={"class_names": ...}``, or None."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if not text.startswith("---"):
+        return None
+    header = yaml.safe_load(text.split("---", 2)[1]) or {}
+    names = header.get("class_names") if isinstance(header, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) and names else None
 
 
 def load_split_dataset(path: str, split: str, streaming: bool = False, features: Features | None = None):

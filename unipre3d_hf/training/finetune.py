@@ -769,21 +769,12 @@ class InstanceSegmentationTask(SemanticSegmentationTask):
 
 
 def _card_class_names(args: FinetuneArguments) -> list[str] | None:
-    """``class_names`` of a local data set's card (the YAML front matter of its ``README.md``, as the package's
-    builders write it: scenes-mini, sweethome3d-rooms), or None."""
-    import yaml
+    """``class_names`` of a local data set's card (scenes-mini, sweethome3d-rooms: integer ``segment`` columns)."""
+    from ..data.schemas import read_card_class_names
 
-    folder = os.path.join(args.data_root, args.dataset) if args.dataset in MINI_SETS else args.dataset
-    path = os.path.join(folder, "README.md")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if not text.startswith("---"):
-        return None
-    header = yaml.safe_load(text.split("---", 2)[1]) or {}
-    names = header.get("class_names") if isinstance(header, dict) else None
-    return [str(n) for n in names] if isinstance(names, list) and names else None
+    return read_card_class_names(
+        os.path.join(args.data_root, args.dataset) if args.dataset in MINI_SETS else args.dataset
+    )
 
 
 def reduce_scene_matches(accelerator, matches: list) -> list:
