@@ -312,14 +312,14 @@ def import_pointcept_state_dict(
     from ..modeling.sparse_unet import SparseUNetModel
 
     if arch == "auto":
-        arch = detect_pointcept_arch(state_dict)
-    if arch not in ARCHS:
-        raise ValueError(f"`arch` must be one of {sorted(ARCHS)} or 'auto', got {arch!r}")
-    detected = None
-    try:
-        detected = detect_pointcept_arch(state_dict)
-    except CheckpointConversionError:
-        pass  # the key check below names what is missing
+        arch = detected = detect_pointcept_arch(state_dict)
+    else:
+        if arch not in ARCHS:
+            raise ValueError(f"`arch` must be one of {sorted(ARCHS)} or 'auto', got {arch!r}")
+        try:
+            detected = detect_pointcept_arch(state_dict)
+        except CheckpointConversionError:
+            detected = None  # the key check below names what is missing
     if detected is not None and detected != arch and ARCHS[detected] == ARCHS[arch]:
         raise CheckpointConversionError(
             f"this is a {'Sonata ' if detected == 'PT-v3m2' else ''}{detected} state dict "

@@ -708,14 +708,14 @@ def build_sweethome3d(
         if "objects" in only or "cls" in only:
             # pybullet never frees the mesh shapes it makes from vertices (~10 GB for all 820 models' views): when the
             # rooms follow, the objects pass runs in a child process, whose memory goes back when it ends
-            run = _in_child_process if "rooms" in only and rooms > 0 else _call
-            summaries.update(
-                run(
-                    _build_objects_and_cls, out_dir, overwrite, only, models, packs, bad_entries, labels, cls_split,
-                    obj_split, views, image_size, num_points, image_format, seed, scratch, show_progress, test_fraction,
-                    command, cls_points, supersample,
-                )
+            args = (
+                out_dir, overwrite, only, models, packs, bad_entries, labels, cls_split, obj_split, views, image_size,
+                num_points, image_format, seed, scratch, show_progress, test_fraction, command, cls_points, supersample,
             )  # fmt: skip
+            if "rooms" in only and rooms > 0:
+                summaries.update(_in_child_process(_build_objects_and_cls, *args))
+            else:
+                summaries.update(_build_objects_and_cls(*args))
         if "rooms" in only and rooms > 0:
             summaries["rooms"] = _build_rooms(
                 out_dir, overwrite, models, packs, labels, rooms, frames, width, height, voxel_size, image_format,
@@ -724,10 +724,6 @@ def build_sweethome3d(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return summaries
-
-
-def _call(fn, *args):
-    return fn(*args)
 
 
 def _in_child_process(fn, *args):
