@@ -197,6 +197,12 @@ def test_stuff_classes_from_the_card_of_an_integer_segment_column(tmp_path):
     task = build_task(args)
     task.train_dataset()
     assert task.names == ["floor", "wall", "chair", "table"] and task.stuff == [-1, 0, 1]
+    # semantic segmentation names the classes from the card too (its metrics and id2label say "chair", not "2")
+    semantic_args = tiny(tmp_path, folder, task="semantic_segmentation", mode="scratch", backbone_type="sparse_unet",
+                         backbone={**TINY_SPUNET, "grid_size": 0.15})  # fmt: skip
+    semantic = build_task(parse_finetune_arguments(semantic_args))
+    semantic.train_dataset()
+    assert semantic.names == ["floor", "wall", "chair", "table"]
 
 
 def test_clear_errors(tmp_path, rooms):

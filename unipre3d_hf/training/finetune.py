@@ -576,6 +576,10 @@ class SemanticSegmentationTask(_FinetuneTask):
             from ..data import SCENE_CLASSES
 
             self.names = list(SCENE_CLASSES)
+            return
+        card = _card_class_names(self.args)  # integer `segment` columns (SCENE_FEATURES): the names of the card
+        if card is not None and all(str(n).isdigit() for n in self.names) and len(card) >= len(self.names):
+            self.names = list(card)
 
     def _collator(self, train: bool):
         from ..data.finetune_collators import DataCollatorForPackedScenes
@@ -663,9 +667,6 @@ class InstanceSegmentationTask(SemanticSegmentationTask):
         super()._setup_labels(train)
         if self.instance_column not in train.column_names:
             raise ValueError(f"instance segmentation needs an `{self.instance_column}` column ({train.column_names})")
-        card = _card_class_names(self.args)  # integer `segment` columns (SCENE_FEATURES): the names of the card
-        if card is not None and all(str(n).isdigit() for n in self.names) and len(card) >= len(self.names):
-            self.names = list(card)
         self.stuff = self._stuff_indices()
 
     def _stuff_indices(self) -> list[int]:
