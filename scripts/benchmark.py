@@ -645,6 +645,164 @@ def bench_step(args, extra: list[str]) -> list[dict]:
     return rows
 
 
+CURVE_PRECISIONS = ("fp32", "bf16")  # the pair of each preset: --mixed_precision no / bf16
+CURVE_METRICS = ("psnr_novel", "psnr_reference")  # validation PSNRs that pretrain writes (reference: objects only)
+SCRIPTS_DIR = Path(__file__).resolve().parent
+
+
+def _dataset_level(path: str) -> str:
+    """``"scene"`` or ``"object"``, from the columns of the dataset's train split (the rule of
+    ``load_pretraining_dataset``)."""
+    from unipre3d_hf.data.schemas import load_split_dataset
+
+    features = load_split_dataset(path, "train", streaming=True).features or {}
+    return "scene" if "coords" in features else "object"
+
+
+def _curve_argv(preset: str, precision: str, args, datasets: dict, output_dir: str, extra: list[str]) -> list[str]:
+    """``scripts/pretrain.py`` arguments of one run of the pair: the preset's mini config, validation at step 0 and
+    at the end, one checkpoint at the end; ``extra`` last, so that it overrides any of these."""
+    steps = str(args.steps)
+    argv = [
+        "--config", str(CONFIG_DIR / f"{preset}_mini.yaml"), "--max_steps", steps, "--eval_every", steps,
+        "--save_every", steps, "--log_every", str(min(10, args.steps)), "--eval_at_start", "true",
+        "--seed", str(args.seed), "--mixed_precision", "no" if precision == "fp32" else "bf16",
+        "--output_dir", output_dir, "--overwrite_output_dir", "true", "--num_workers", str(args.num_workers),
+    ]  # fmt: skip
+    level = "scene" if preset in SCENE_PRESETS else "object"
+    if level in datasets:
+        argv += ["--dataset", datasets[level]]
+    return argv + extra
+
+
+def _run_pretrain(argv: list[str], log_path: str, env: dict) -> dict:
+    """One ``scripts/pretrain.py`` process, its output to ``log_path``: exit status and wall seconds."""
+    import subprocess
+
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, str(SCRIPTS_DIR / "pretrain.py"), *argv], stdout=log,
+                              stderr=subprocess.STDOUT, env=env, check=False)  # fmt: skip
+    return {"returncode": proc.returncode, "seconds": time.perf_counter() - start}
+
+
+def _curve_run_summary(output_dir: str) -> dict:
+    """Validation PSNRs before (step 0) and after the run from its ``final.json`` (a missing or non-finite value is
+    NaN), and its skipped steps."""
+    with open(os.path.join(output_dir, "final.json")) as f:
+        history = json.load(f)
+    initial, final = history.get("initial") or {}, history.get("final") or {}
+    summary = {}
+    for name in CURVE_METRICS:
+        key = f"val/{name}"
+        if key in final:  # strict JSON: pretrain writes a NaN metric as "nan", which float() reads back
+            summary[name] = [float(initial.get(key, "nan")), float(final[key])]
+    summary["steps"], summary["skipped_steps"] = history.get("step"), history.get("skipped_steps")
+    return summary
+
+
+def _log_tail(path: str, lines: int = 5) -> str:
+    with open(path, errors="replace") as f:
+        return " | ".join(line.strip() for line in f.read().splitlines()[-lines:])
+
+
+def _curve_row(preset: str, args, runs: dict) -> dict:
+    """The pair's row: each run's PSNRs [before, after], bf16 - fp32 after training per metric (dB), and whether every
+    difference is finite and within ``args.tolerance``."""
+    row = {"benchmark": "curves", "preset": preset, "config": f"{preset}_mini", "steps": args.steps, "seed": args.seed}
+    for precision, run in runs.items():
+        if run["returncode"] != 0:
+            row["error"] = f"the {precision} run exited with {run['returncode']}: {_log_tail(run['log'])}"
+            row["log"] = run["log"]
+            return row
+    for precision, run in runs.items():
+        row[precision] = {**_curve_run_summary(run["output_dir"]), "seconds": run["seconds"],
+                          "output_dir": run["output_dir"], "log": run["log"]}  # fmt: skip
+    fp32, bf16 = row["fp32"], row["bf16"]
+    row["difference_db"] = {m: bf16[m][1] - fp32[m][1] for m in CURVE_METRICS if m in fp32 and m in bf16}
+    diffs = list(row["difference_db"].values())
+    row["tolerance_db"] = args.tolerance
+    row["within_tolerance"] = bool(diffs) and all(abs(d) <= args.tolerance for d in diffs)  # NaN: not within
+    return row
+
+
+def _curves_markdown(rows: list[dict]) -> str:
+    """The rows as the Markdown table of docs/benchmarks.md ("bf16 vs fp32: 200-step learning curves")."""
+
+    def cell(run: dict) -> str:
+        parts = [f"{m.split('_')[1]} {run[m][0]:.2f} -> {run[m][1]:.2f}" for m in CURVE_METRICS if m in run]
+        skipped = f" ({run['skipped_steps']} skipped)" if run.get("skipped_steps") else ""
+        return ", ".join(parts) + skipped
+
+    lines = [
+        "| preset | steps | fp32 val PSNR (dB) | bf16 val PSNR (dB) | bf16 - fp32 | within |",
+        "|---|---:|---|---|---:|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| `{row['config']}.yaml` | {row['steps']} | failed: {row['error']} | | | |")
+            continue
+        diff = " / ".join(f"{d:+.2f}" for d in row["difference_db"].values())
+        within = f"{'yes' if row['within_tolerance'] else 'no'} ({row['tolerance_db']} dB)"
+        lines.append(f"| `{row['config']}.yaml` | {row['steps']} | {cell(row['fp32'])} | {cell(row['bf16'])} | "
+                     f"{diff} | {within} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def bench_curves(args, extra: list[str]) -> list[dict]:
+    """The bf16 / fp32 pair of every preset of ``--preset``: two ``scripts/pretrain.py`` runs with the same seed,
+    data and schedule, ``--concurrent`` processes at a time; a row per preset, in ``--preset``'s order, as each
+    pair ends (also written to ``--json`` then, so that an interrupted command keeps the finished pairs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unipre3d_hf.data import load_mini_dataset
+    from unipre3d_hf.training.pretrain import MINI_SETS, parse_pretrain_arguments
+
+    presets = args.preset.split(",")
+    unknown = [p for p in presets if p not in STEP_PRESETS]
+    if unknown or len(set(presets)) != len(presets):
+        raise SystemExit(f"curves: --preset takes distinct presets among {list(STEP_PRESETS)}, got {args.preset!r}")
+    if args.steps < 1 or args.concurrent < 1:
+        raise SystemExit(f"curves: --steps and --concurrent must be >= 1, got {args.steps} and {args.concurrent}")
+    if args.num_workers is None:  # the CPU cores shared by the concurrent runs (the configs ask for 8 workers each)
+        args.num_workers = max(1, (os.cpu_count() or 1) // args.concurrent - 1)
+    datasets = {}
+    for path in args.dataset or []:
+        level = _dataset_level(path)
+        if level in datasets:
+            raise SystemExit(f"curves: two --dataset folders of the {level} level: {datasets[level]!r}, {path!r}")
+        datasets[level] = path
+    # every run's arguments are checked before anything runs; a missing mini set is built once, here, not by two runs
+    runs = {}
+    for preset in presets:
+        for precision in CURVE_PRECISIONS:
+            output_dir = os.path.join(args.output_dir, f"{preset}-{precision}")
+            argv = _curve_argv(preset, precision, args, datasets, output_dir, extra)
+            try:
+                pargs = parse_pretrain_arguments(argv)
+            except ValueError as err:
+                raise SystemExit(f"curves: {preset} {precision}: {err}") from None
+            if pargs.dataset in MINI_SETS:
+                load_mini_dataset(pargs.dataset, root=pargs.data_root)
+            runs[preset, precision] = {"argv": argv, "output_dir": output_dir,
+                                       "log": os.path.join(args.output_dir, f"{preset}-{precision}.log")}  # fmt: skip
+    os.makedirs(args.output_dir, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.concurrent)))
+    rows = []
+    with ThreadPoolExecutor(max_workers=args.concurrent) as pool:
+        futures = {key: pool.submit(_run_pretrain, run["argv"], run["log"], env) for key, run in runs.items()}
+        for preset in presets:
+            pair = {p: {**runs[preset, p], **futures[preset, p].result()} for p in CURVE_PRECISIONS}
+            row = _curve_row(preset, args, pair)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            if args.output:
+                _write_results(args.output, rows)
+    print(_curves_markdown(rows), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -722,21 +880,45 @@ def main(argv: list[str] | None = None) -> None:
     p_step.add_argument("--seed", type=int, default=0)
     p_step.add_argument("--json", "--output", dest="output", default=None, help="also write the results as JSON")
     p_step.set_defaults(func=bench_step)
+    p_curves = sub.add_parser("curves", help="bf16 vs fp32 learning-curve pairs of the *_mini presets")
+    p_curves.add_argument("--preset", required=True, help=f"one or more (comma-separated) of {','.join(STEP_PRESETS)}")
+    p_curves.add_argument("--steps", type=int, default=200, help="training steps of every run")
+    p_curves.add_argument("--dataset", action="append", default=None, help="a pre-built set for the presets of its "
+                          "level (given once per level; default: the config's mini set under data/, built when "
+                          "missing)")  # fmt: skip
+    p_curves.add_argument("--concurrent", type=int, default=1, help="runs at a time (side by side on one GPU)")
+    p_curves.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per run (default: the "
+                          "CPU cores / --concurrent, minus one)")  # fmt: skip
+    p_curves.add_argument("--seed", type=int, default=0)
+    p_curves.add_argument("--tolerance", type=float, default=0.3, help="dB: the most |bf16 - fp32| after training")
+    p_curves.add_argument("--output-dir", default="outputs/curves", help="the runs' output_dir's and logs")
+    p_curves.add_argument("--json", "--output", dest="output", default=None, help="also write the results as JSON")
+    p_curves.set_defaults(func=bench_curves)
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "step":
+    if extra and args.command not in PASS_THROUGH:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
-    header = {
+    print(json.dumps(_environment()), flush=True)
+    rows = args.func(args, extra) if args.command in PASS_THROUGH else args.func(args)
+    if args.output:
+        _write_results(args.output, rows)
+
+
+PASS_THROUGH = ("step", "curves")  # benchmarks whose unknown options go to the training arguments
+
+
+def _environment() -> dict:
+    return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "cpu_threads": torch.get_num_threads(),
     }
-    print(json.dumps(header), flush=True)
-    rows = args.func(args, extra) if args.command == "step" else args.func(args)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump({"environment": header, "command": " ".join(sys.argv), "results": rows}, f, indent=1)
+
+
+def _write_results(path: str, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump({"environment": _environment(), "command": " ".join(sys.argv), "results": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
