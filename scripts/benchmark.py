@@ -33,11 +33,15 @@ voxel shifted onto its patch centre with 1 cm noise: the dense case a trained mo
 paper's sizes, through the training loop's own ``train_micro_step`` (forward, backward, non-finite check, clipping,
 AdamW, schedule): objects, 32 clouds of 1,024 points with 1 reference + 4 supervision views at 128x128 of
 objects-mini; scenes, ``--scenes`` 1 or 4 rooms of scenes-mini with 8 + 8 RGB-D frames at 160x120 (PTv3: at most
-80,000 points per scene). ``--compare-baseline`` runs the same batch and seeds twice in one process, with every lever
-of issue 17 off (the torch twins of FPS / kNN / ball query instead of the Triton kernels, foreach AdamW and the
-host-side NaN check, fp32 SD VAE, pageable blocking copies, no compile), then
-on, and prints both rows and their ratio. Options after the known ones go to the preset's arguments (e.g.
-``--model.image_encoder conv``, ``--batch_size 2``)::
+80,000 points per scene). The variants, on the same batch and seeds in one process: ``baseline`` (with
+``--compare-baseline``: every lever of issue 17 off, i.e. the torch twins of FPS / kNN / ball query instead of the
+Triton kernels, foreach AdamW and the host-side NaN check, fp32 SD VAE, pageable blocking copies, no compile),
+``levers`` (the defaults, eager) and ``levers+compile`` (with ``--compile``: the defaults and the object backbones
+compiled); ``--compare-baseline --compile`` runs all three. Each row's ``levers`` says what it ran with, read back from
+the objects of the step (``fused_sampling``, ``fused_adamw``, ``nonfinite_skip`` on the device or the host, the SD
+VAE's ``image_encoder_dtype``, ``pinned_copies``, ``compile``), and a ``step-ratio`` row per variant gives its speedup
+over the baseline. Options after the known ones go to the preset's arguments (e.g. ``--model.image_encoder conv``,
+``--batch_size 2``, ``--torch_compile_backend eager``; ``--torch_compile`` itself is the variant's)::
 
     python scripts/benchmark.py step --preset pointmlp --compare-baseline --json outputs/step_pointmlp.json
     python scripts/benchmark.py step --preset ptv3 --scenes 4 --bf16 --compare-baseline --dataset data/scenes-mini
@@ -48,11 +52,27 @@ Reported per row: ``step_ms`` (median wall time of one step, synchronised), ``ke
 ``--profile-steps`` steps, per step, divided by ``step_ms``: 1.0 is a GPU that never waits for the host; overlapping
 streams could push it past 1), ``launches_per_step`` (CUDA kernel / graph launch calls) and ``host_syncs_per_step``
 (CUDA synchronisations; on CPU, the ops that would synchronise on a GPU: ``.item()``, ``nonzero``, boolean-mask
-indexing, ``unique``), ``aten_ops_per_step``, and the breakdown, each a median of ``--steps`` synchronised repeats:
-``backbone_ms`` (the backbone's forward + backward alone on the batch, no fusion), ``render_ms`` (rasterizing the
-step's Gaussians into the supervision views, forward + backward), ``image_encoder_ms`` (the frozen SD VAE, or the
-image encoder the preset uses, forward), ``optimizer_ms`` (``optimizer.step()``) and ``copy_ms`` (the batch from host
-to device memory: pinned + non_blocking when the levers are on).
+indexing, ``unique``), ``aten_ops_per_step``, on CPU ``aten_ms_per_step`` and ``host_ms_per_step`` (the profiled
+steps' time inside the top-level ATen ops, and outside them: Python, module calls, the autograd engine's bookkeeping,
+the profiler's own cost; the host overhead that a GPU step pays as well), and the breakdown, each a median of
+``--steps`` synchronised repeats: ``backbone_ms`` (the backbone's forward + backward alone on the batch, no fusion),
+``render_ms`` (rasterizing the step's Gaussians into the supervision views, forward + backward), ``image_encoder_ms``
+(the frozen SD VAE, or the image encoder the preset uses, forward), ``optimizer_ms`` (``optimizer.step()``) and
+``copy_ms`` (the batch from host to device memory: pinned + non_blocking when the levers are on).
+
+`curves` runs the bf16 / fp32 learning-curve pair of each preset of ``--preset`` on its ``configs/pretrain/*_mini.yaml``
+config: two ``scripts/pretrain.py`` processes with the same seed, data and schedule (``--mixed_precision no`` /
+``bf16``), ``--steps`` steps, validation at step 0 and at the end, ``--concurrent`` processes at a time (side by side
+on one GPU; each with ``--num-workers`` DataLoader workers and its share of the CPU threads). Every run's arguments are
+checked, and a missing mini set is built, before any run starts. A row per preset: each run's validation PSNRs
+[before, after] (novel views; objects also the reference view) from its ``final.json``, ``difference_db`` = bf16 - fp32
+after training, and ``within_tolerance`` (every |difference| <= ``--tolerance``, 0.3 dB); then a Markdown table. The
+runs (checkpoint, renders, metrics) and their logs stay in ``--output-dir``. ``--dataset`` (once per level) takes a
+pre-built set instead of the config's mini set under ``data/``; options after the known ones go to every run::
+
+    python scripts/benchmark.py curves --preset ptv3,sparse_unet,pointmlp,point_transformer,mamba3d,pcm --steps 200 \
+        --concurrent 4 --dataset data/objects-mini --dataset data/scenes-mini --json outputs/curves.json
+    python scripts/benchmark.py curves --preset point_transformer --steps 200 --model.render_backend torch
 """
 
 from __future__ import annotations
@@ -439,6 +459,21 @@ def _random_sd_vae(folder: str) -> str:
     return folder
 
 
+def _top_level_aten_us(events) -> list[float]:
+    """Durations (us) of the ATen ops the profiler recorded that no other ATen op called: the time the host spent
+    inside ATen (dispatch and, on CPU, the computation), each nested op counted once, in its caller."""
+
+    def nested(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    return [e.time_range.elapsed_us() for e in events if e.name.startswith("aten::") and not nested(e)]
+
+
 def _profile_counts(step, device: torch.device, steps: int) -> dict:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -446,9 +481,11 @@ def _profile_counts(step, device: torch.device, steps: int) -> dict:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     _sync(device)
     with profile(activities=activities) as prof:
+        start = time.perf_counter()
         for _ in range(steps):
             step()
         _sync(device)
+        wall_ms = (time.perf_counter() - start) * 1e3
     events = prof.events()
     names = [e.name for e in events]
     syncs = CUDA_SYNCS if device.type == "cuda" else SYNCING_OPS
@@ -456,9 +493,12 @@ def _profile_counts(step, device: torch.device, steps: int) -> dict:
         "aten_ops_per_step": sum(n.startswith("aten::") for n in names) / steps,
         "host_syncs_per_step": sum(n.startswith(syncs) if device.type == "cuda" else n in syncs for n in names) / steps,
     }
-    if device.type == "cuda":  # not the synchronize that closes the profiled window
-        counts["host_syncs_per_step"] -= 1 / steps
+    if device.type == "cpu":  # the profiled steps' time inside ATen ops and outside them (Python, module calls, the
+        # autograd engine's bookkeeping, and the profiler's own cost per op): the host overhead a GPU step pays too
+        counts["aten_ms_per_step"] = sum(_top_level_aten_us(events)) / 1e3 / steps
+        counts["host_ms_per_step"] = wall_ms / steps - counts["aten_ms_per_step"]
     if device.type == "cuda":
+        counts["host_syncs_per_step"] -= 1 / steps  # not the synchronize that closes the profiled window
         kernel_us = sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA)
         counts["kernel_ms_per_step"] = kernel_us / 1e3 / steps
         counts["launches_per_step"] = sum(n.startswith(CUDA_LAUNCHES) for n in names) / steps
@@ -466,14 +506,30 @@ def _profile_counts(step, device: torch.device, steps: int) -> dict:
     return counts
 
 
-def _step_row(args, extra: list[str], dataset: str, accelerator, baseline: bool, output_dir: str) -> dict:
+def _step_variants(args) -> list[tuple[str, list[str]]]:
+    """The variants ``step`` runs, each as (name, the arguments that follow the preset's and the pass-through ones):
+    ``baseline`` (every lever off, with ``--compare-baseline``), ``levers`` (the defaults, eager) and
+    ``levers+compile`` (the defaults with the object backbones compiled, with ``--compile``)."""
+    compiled = ["--torch_compile", "true"] + (["--torch_compile_mode", args.compile_mode] if args.compile_mode else [])
+    variants = [("baseline", BASELINE_ARGS)] if args.compare_baseline else []
+    if args.compare_baseline or not args.compile:
+        variants.append(("levers", ["--torch_compile", "false"]))
+    if args.compile:
+        variants.append(("levers+compile", compiled))
+    return variants
+
+
+def _step_row(args, extra: list[str], dataset: str, accelerator, variant: tuple[str, list[str]], output_dir: str):
     from accelerate.utils import send_to_device
 
     from unipre3d_hf.data import SeededRows
     from unipre3d_hf.ops.sampling import fused_ops_enabled, set_fused_ops
-    from unipre3d_hf.training.loop import build_optimizer_and_scheduler, train_micro_step
+    from unipre3d_hf.training.loop import build_optimizer_and_scheduler, optimizer_skips_on_device, train_micro_step
+    from unipre3d_hf.training.optim import is_fused_adam
     from unipre3d_hf.training.pretrain import PretrainingTask, build_collators, load_split, parse_pretrain_arguments
 
+    name, variant_args = variant
+    baseline = name == "baseline"
     set_fused_ops(not baseline)  # the Triton FPS / kNN / ball query kernels: off in the baseline (today's torch twins)
     device = accelerator.device
     scene = args.preset in SCENE_PRESETS
@@ -486,11 +542,9 @@ def _step_row(args, extra: list[str], dataset: str, accelerator, baseline: bool,
     ]  # fmt: skip
     if scene:
         argv += ["--batch_size", str(args.scenes)]
-    if args.compile and not baseline:
-        argv += ["--torch_compile", "true"] + (["--torch_compile_mode", args.compile_mode] if args.compile_mode else [])
     if args.vae:
         argv += ["--model.image_encoder_name_or_path", args.vae]
-    argv += extra + (BASELINE_ARGS if baseline else [])
+    argv += extra + variant_args
     pargs = parse_pretrain_arguments(argv)
     torch.manual_seed(args.seed)
     task = PretrainingTask(pargs)
@@ -515,10 +569,19 @@ def _step_row(args, extra: list[str], dataset: str, accelerator, baseline: bool,
 
     for _ in range(args.warmup):
         step()
+    encoder = accelerator.unwrap_model(model).image_encoder
+    levers = {  # what this variant ran with, read back from the objects the step uses
+        "fused_sampling": fused_ops_enabled(),  # Triton FPS / kNN / ball query where their inputs allow (CUDA)
+        "fused_adamw": is_fused_adam(optimizer),
+        "nonfinite_skip": "device" if optimizer_skips_on_device(optimizer, accelerator) else "host",
+        # the frozen SD VAE's arithmetic (None: a trainable image encoder, in the step's own precision)
+        "image_encoder_dtype": str(encoder.compute_dtype(device)) if hasattr(encoder, "compute_dtype") else None,
+        "pinned_copies": pinned,
+        "compile": (pargs.torch_compile_mode or "default") if pargs.torch_compile else False,
+    }
     row = {
-        "benchmark": "step", "preset": args.preset, "config": STEP_PRESETS[args.preset],
-        "variant": "baseline" if baseline else "levers", "bf16": args.bf16, "compile": bool(pargs.torch_compile),
-        "device": str(device), "batch": pargs.batch_size, "fused_ops": fused_ops_enabled(),
+        "benchmark": "step", "preset": args.preset, "config": STEP_PRESETS[args.preset], "variant": name,
+        "bf16": args.bf16, "levers": levers, "device": str(device), "batch": pargs.batch_size,
         "image_encoder": task.config.image_encoder, "render_backend": task.config.render_backend,
     }  # fmt: skip
     if scene:
@@ -615,8 +678,8 @@ def bench_step(args, extra: list[str]) -> list[dict]:
             one = argparse.Namespace(**{**vars(args), "preset": preset})
             variants = []
             try:
-                for baseline in (True, False) if args.compare_baseline else (False,):
-                    variants.append(_step_row(one, extra, dataset, accelerator, baseline, os.path.join(tmp, "run")))
+                for variant in _step_variants(args):
+                    variants.append(_step_row(one, extra, dataset, accelerator, variant, os.path.join(tmp, "run")))
                     accelerator.free_memory()  # the variant's model and optimizer go before the next one is built
                     gc.collect()
                     if device.type == "cuda":
@@ -634,14 +697,15 @@ def bench_step(args, extra: list[str]) -> list[dict]:
                 continue
             rows += variants
             if args.compare_baseline:
-                before, after = variants
-                ratio = {
-                    "benchmark": "step-ratio", "preset": preset, "bf16": args.bf16, "device": str(device),
-                    "baseline_step_ms": before["step_ms"], "levers_step_ms": after["step_ms"],
-                    "speedup": before["step_ms"] / after["step_ms"],
-                }  # fmt: skip
-                print(json.dumps(ratio), flush=True)
-                rows.append(ratio)
+                before = variants[0]
+                for after in variants[1:]:
+                    ratio = {
+                        "benchmark": "step-ratio", "preset": preset, "variant": after["variant"], "bf16": args.bf16,
+                        "device": str(device), "baseline_step_ms": before["step_ms"], "step_ms": after["step_ms"],
+                        "speedup": before["step_ms"] / after["step_ms"],
+                    }  # fmt: skip
+                    print(json.dumps(ratio), flush=True)
+                    rows.append(ratio)
     return rows
 
 
