@@ -743,11 +743,14 @@ def _run_pretrain(argv: list[str], log_path: str, env: dict) -> dict:
     """One ``scripts/pretrain.py`` process, its output to ``log_path``: exit status and wall seconds."""
     import subprocess
 
+    print(f"curves: started {log_path}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.run([sys.executable, str(SCRIPTS_DIR / "pretrain.py"), *argv], stdout=log,
                               stderr=subprocess.STDOUT, env=env, check=False)  # fmt: skip
-    return {"returncode": proc.returncode, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    print(f"curves: exit {proc.returncode} after {seconds:.0f} s: {log_path}", file=sys.stderr, flush=True)
+    return {"returncode": proc.returncode, "seconds": seconds}
 
 
 def _curve_run_summary(output_dir: str) -> dict:
@@ -819,8 +822,7 @@ def bench_curves(args, extra: list[str]) -> list[dict]:
     pair ends (also written to ``--json`` then, so that an interrupted command keeps the finished pairs)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from unipre3d_hf.data import load_mini_dataset
-    from unipre3d_hf.training.pretrain import MINI_SETS, parse_pretrain_arguments
+    from unipre3d_hf.training.pretrain import load_split, parse_pretrain_arguments
 
     presets = args.preset.split(",")
     unknown = [p for p in presets if p not in STEP_PRESETS]
@@ -836,8 +838,9 @@ def bench_curves(args, extra: list[str]) -> list[dict]:
         if level in datasets:
             raise SystemExit(f"curves: two --dataset folders of the {level} level: {datasets[level]!r}, {path!r}")
         datasets[level] = path
-    # every run's arguments are checked before anything runs; a missing mini set is built once, here, not by two runs
-    runs = {}
+    # every run's arguments are checked before anything runs; each set's splits are loaded once, here, so that a
+    # missing mini set is built (and the datasets cache written) by this process, not by several runs at once
+    runs, loaded = {}, set()
     for preset in presets:
         for precision in CURVE_PRECISIONS:
             output_dir = os.path.join(args.output_dir, f"{preset}-{precision}")
@@ -846,8 +849,10 @@ def bench_curves(args, extra: list[str]) -> list[dict]:
                 pargs = parse_pretrain_arguments(argv)
             except ValueError as err:
                 raise SystemExit(f"curves: {preset} {precision}: {err}") from None
-            if pargs.dataset in MINI_SETS:
-                load_mini_dataset(pargs.dataset, root=pargs.data_root)
+            for split in (pargs.train_split, pargs.val_split):
+                if (pargs.dataset, pargs.data_root, split) not in loaded:
+                    load_split(pargs, split)
+                    loaded.add((pargs.dataset, pargs.data_root, split))
             runs[preset, precision] = {"argv": argv, "output_dir": output_dir,
                                        "log": os.path.join(args.output_dir, f"{preset}-{precision}.log")}  # fmt: skip
     os.makedirs(args.output_dir, exist_ok=True)
