@@ -710,7 +710,8 @@ def bench_step(args, extra: list[str]) -> list[dict]:
 
 
 CURVE_PRECISIONS = ("fp32", "bf16")  # the pair of each preset: --mixed_precision no / bf16
-CURVE_METRICS = ("psnr_novel", "psnr_reference")  # validation PSNRs that pretrain writes (reference: objects only)
+# the validation PSNRs pretrain writes per level (a scene's validation frames are all novel views)
+CURVE_METRICS = {"object": ("psnr_novel", "psnr_reference"), "scene": ("psnr_novel",)}
 SCRIPTS_DIR = Path(__file__).resolve().parent
 
 
@@ -753,17 +754,14 @@ def _run_pretrain(argv: list[str], log_path: str, env: dict) -> dict:
     return {"returncode": proc.returncode, "seconds": seconds}
 
 
-def _curve_run_summary(output_dir: str) -> dict:
-    """Validation PSNRs before (step 0) and after the run from its ``final.json`` (a missing or non-finite value is
-    NaN), and its skipped steps."""
+def _curve_run_summary(output_dir: str, metrics: tuple[str, ...]) -> dict:
+    """Validation ``metrics`` before (step 0) and after the run from its ``final.json`` (a missing value is NaN: it
+    fails the tolerance), and its skipped steps."""
     with open(os.path.join(output_dir, "final.json")) as f:
         history = json.load(f)
     initial, final = history.get("initial") or {}, history.get("final") or {}
-    summary = {}
-    for name in CURVE_METRICS:
-        key = f"val/{name}"
-        if key in final:  # strict JSON: pretrain writes a NaN metric as "nan", which float() reads back
-            summary[name] = [float(initial.get(key, "nan")), float(final[key])]
+    # strict JSON: pretrain writes a NaN metric as "nan", which float() reads back
+    summary = {m: [float(initial.get(f"val/{m}", "nan")), float(final.get(f"val/{m}", "nan"))] for m in metrics}
     summary["steps"], summary["skipped_steps"] = history.get("step"), history.get("skipped_steps")
     return summary
 
@@ -782,11 +780,12 @@ def _curve_row(preset: str, args, runs: dict) -> dict:
             row["error"] = f"the {precision} run exited with {run['returncode']}: {_log_tail(run['log'])}"
             row["log"] = run["log"]
             return row
+    metrics = CURVE_METRICS["scene" if preset in SCENE_PRESETS else "object"]
     for precision, run in runs.items():
-        row[precision] = {**_curve_run_summary(run["output_dir"]), "seconds": run["seconds"],
+        row[precision] = {**_curve_run_summary(run["output_dir"], metrics), "seconds": run["seconds"],
                           "output_dir": run["output_dir"], "log": run["log"]}  # fmt: skip
     fp32, bf16 = row["fp32"], row["bf16"]
-    row["difference_db"] = {m: bf16[m][1] - fp32[m][1] for m in CURVE_METRICS if m in fp32 and m in bf16}
+    row["difference_db"] = {m: bf16[m][1] - fp32[m][1] for m in metrics}
     diffs = list(row["difference_db"].values())
     row["tolerance_db"] = args.tolerance
     row["within_tolerance"] = bool(diffs) and all(abs(d) <= args.tolerance for d in diffs)  # NaN: not within
@@ -796,8 +795,8 @@ def _curve_row(preset: str, args, runs: dict) -> dict:
 def _curves_markdown(rows: list[dict]) -> str:
     """The rows as the Markdown table of docs/benchmarks.md ("bf16 vs fp32: 200-step learning curves")."""
 
-    def cell(run: dict) -> str:
-        parts = [f"{m.split('_')[1]} {run[m][0]:.2f} -> {run[m][1]:.2f}" for m in CURVE_METRICS if m in run]
+    def cell(run: dict, metrics) -> str:
+        parts = [f"{m.split('_')[1]} {run[m][0]:.2f} -> {run[m][1]:.2f}" for m in metrics]
         skipped = f" ({run['skipped_steps']} skipped)" if run.get("skipped_steps") else ""
         return ", ".join(parts) + skipped
 
@@ -807,12 +806,14 @@ def _curves_markdown(rows: list[dict]) -> str:
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| `{row['config']}.yaml` | {row['steps']} | failed: {row['error']} | | | |")
+            error = row["error"].replace("|", "\\|")
+            lines.append(f"| `{row['config']}.yaml` | {row['steps']} | failed: {error} | | | |")
             continue
+        metrics = list(row["difference_db"])
+        fp32, bf16 = cell(row["fp32"], metrics), cell(row["bf16"], metrics)
         diff = " / ".join(f"{d:+.2f}" for d in row["difference_db"].values())
         within = f"{'yes' if row['within_tolerance'] else 'no'} ({row['tolerance_db']} dB)"
-        lines.append(f"| `{row['config']}.yaml` | {row['steps']} | {cell(row['fp32'])} | {cell(row['bf16'])} | "
-                     f"{diff} | {within} |")  # fmt: skip
+        lines.append(f"| `{row['config']}.yaml` | {row['steps']} | {fp32} | {bf16} | {diff} | {within} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """`scripts/benchmark.py curves` on CPU at tiny sizes: the bf16 / fp32 pair of one object preset as two concurrent
 `scripts/pretrain.py` processes, the row's keys, finite PSNRs before and after, the difference it reports, and that the
-two runs differ only in their precision (no timing is asserted)."""
+two runs differ only in their precision (no timing is asserted); the rows of a scene pair, a diverged (NaN) run and a
+failed run from the files pretrain leaves, and their Markdown table."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -69,3 +71,43 @@ def test_curves_checks_every_run_argument_before_running(tmp_path):
     with pytest.raises(SystemExit, match="--preset"):
         benchmark.main(["curves", "--preset", "pointmlp,no_such_preset", "--output-dir", str(runs)])
     assert not runs.exists()
+
+
+def _fake_run(tmp_path, name: str, initial: dict, final: dict) -> dict:
+    """A finished run as pretrain leaves it: its final.json (strict JSON: a NaN metric is "nan") and its log."""
+    out = tmp_path / name
+    out.mkdir()
+    history = {"initial": initial, "final": final, "step": 200, "skipped_steps": 0}
+    (out / "final.json").write_text(json.dumps(history))
+    (tmp_path / f"{name}.log").write_text("line 1\nTraceback\nRuntimeError: CUDA out of memory | really\n")
+    return {"returncode": 0, "seconds": 1.0, "output_dir": str(out), "log": str(tmp_path / f"{name}.log")}
+
+
+def test_curve_rows_of_a_scene_pair_a_nan_run_and_a_failed_run(tmp_path):
+    args = SimpleNamespace(steps=200, seed=0, tolerance=0.3)
+    scene = {
+        "fp32": _fake_run(tmp_path, "s32", {"val/psnr_novel": 7.95, "val/psnr_reference": "nan"},
+                          {"val/psnr_novel": 9.40, "val/psnr_reference": "nan"}),
+        "bf16": _fake_run(tmp_path, "s16", {"val/psnr_novel": 7.95}, {"val/psnr_novel": 9.30}),
+    }  # fmt: skip
+    row = benchmark._curve_row("sparse_unet", args, scene)
+    # a scene's validation frames are all novel: no reference PSNR in the row
+    assert row["fp32"]["psnr_novel"] == [7.95, 9.40] and "psnr_reference" not in row["fp32"]
+    assert row["difference_db"] == {"psnr_novel": pytest.approx(-0.10)} and row["within_tolerance"] is True
+    objects = {
+        "fp32": _fake_run(tmp_path, "o32", {"val/psnr_novel": 14.6, "val/psnr_reference": 14.7},
+                          {"val/psnr_novel": 20.6, "val/psnr_reference": 21.5}),
+        "bf16": _fake_run(tmp_path, "o16", {"val/psnr_novel": 14.6, "val/psnr_reference": 14.7},
+                          {"val/psnr_novel": "nan", "val/psnr_reference": 21.4}),
+    }  # fmt: skip
+    diverged = benchmark._curve_row("pcm", args, objects)
+    assert math.isnan(diverged["difference_db"]["psnr_novel"]) and diverged["within_tolerance"] is False
+    assert diverged["difference_db"]["psnr_reference"] == pytest.approx(-0.1)
+    failed = benchmark._curve_row("ptv3", args, {**scene, "bf16": {**scene["bf16"], "returncode": 1}})
+    assert "bf16 run exited with 1" in failed["error"] and "CUDA out of memory" in failed["error"]
+    table = benchmark._curves_markdown([row, diverged, failed]).splitlines()
+    assert len(table) == 5 and all(line.count(" | ") == 5 for line in table[2:4])
+    assert table[2] == (
+        "| `sparse_unet_mini.yaml` | 200 | novel 7.95 -> 9.40 | novel 7.95 -> 9.30 | -0.10 | yes (0.3 dB) |"
+    )
+    assert "| no (0.3 dB) |" in table[3] and "failed:" in table[4] and "out of memory \\| really" in table[4]
