@@ -694,18 +694,18 @@ def bench_step(args, extra: list[str]) -> list[dict]:
                 }
                 print(json.dumps(error), flush=True)
                 rows += [*variants, error]
-                continue
-            rows += variants
-            if args.compare_baseline:
-                before = variants[0]
-                for after in variants[1:]:
+            else:
+                rows += variants
+                for after in variants[1:] if args.compare_baseline else []:
                     ratio = {
                         "benchmark": "step-ratio", "preset": preset, "variant": after["variant"], "bf16": args.bf16,
-                        "device": str(device), "baseline_step_ms": before["step_ms"], "step_ms": after["step_ms"],
-                        "speedup": before["step_ms"] / after["step_ms"],
+                        "device": str(device), "baseline_step_ms": variants[0]["step_ms"],
+                        "step_ms": after["step_ms"], "speedup": variants[0]["step_ms"] / after["step_ms"],
                     }  # fmt: skip
                     print(json.dumps(ratio), flush=True)
                     rows.append(ratio)
+            if args.output:  # after every preset: a command stopped by a time limit keeps the presets it finished
+                _write_results(args.output, rows)
     return rows
 
 
