@@ -941,7 +941,8 @@ def main(argv: list[str] | None = None) -> None:
                         "weights: the same compute)")  # fmt: skip
     p_step.add_argument("--compare-baseline", action="store_true", help="also run with every issue-17 lever off")
     p_step.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Accelerate autocast)")
-    p_step.add_argument("--compile", action="store_true", help="torch.compile the object backbones (levers row)")
+    p_step.add_argument("--compile", action="store_true", help="a levers+compile row: the object backbones "
+                        "compiled (with --compare-baseline, besides the eager levers row)")  # fmt: skip
     p_step.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     p_step.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p_step.add_argument("--steps", type=int, default=20, help="timed steps (and repeats of each breakdown part)")
