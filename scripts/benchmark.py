@@ -33,11 +33,15 @@ voxel shifted onto its patch centre with 1 cm noise: the dense case a trained mo
 paper's sizes, through the training loop's own ``train_micro_step`` (forward, backward, non-finite check, clipping,
 AdamW, schedule): objects, 32 clouds of 1,024 points with 1 reference + 4 supervision views at 128x128 of
 objects-mini; scenes, ``--scenes`` 1 or 4 rooms of scenes-mini with 8 + 8 RGB-D frames at 160x120 (PTv3: at most
-80,000 points per scene). ``--compare-baseline`` runs the same batch and seeds twice in one process, with every lever
-of issue 17 off (the torch twins of FPS / kNN / ball query instead of the Triton kernels, foreach AdamW and the
-host-side NaN check, fp32 SD VAE, pageable blocking copies, no compile), then
-on, and prints both rows and their ratio. Options after the known ones go to the preset's arguments (e.g.
-``--model.image_encoder conv``, ``--batch_size 2``)::
+80,000 points per scene). The variants, on the same batch and seeds in one process: ``baseline`` (with
+``--compare-baseline``: every lever of issue 17 off, i.e. the torch twins of FPS / kNN / ball query instead of the
+Triton kernels, foreach AdamW and the host-side NaN check, fp32 SD VAE, pageable blocking copies, no compile),
+``levers`` (the defaults, eager) and ``levers+compile`` (with ``--compile``: the defaults and the object backbones
+compiled); ``--compare-baseline --compile`` runs all three. Each row's ``levers`` says what it ran with, read back from
+the objects of the step (``fused_sampling``, ``fused_adamw``, ``nonfinite_skip`` on the device or the host, the SD
+VAE's ``image_encoder_dtype``, ``pinned_copies``, ``compile``), and a ``step-ratio`` row per variant gives its speedup
+over the baseline. Options after the known ones go to the preset's arguments (e.g. ``--model.image_encoder conv``,
+``--batch_size 2``, ``--torch_compile_backend eager``; ``--torch_compile`` itself is the variant's)::
 
     python scripts/benchmark.py step --preset pointmlp --compare-baseline --json outputs/step_pointmlp.json
     python scripts/benchmark.py step --preset ptv3 --scenes 4 --bf16 --compare-baseline --dataset data/scenes-mini
@@ -48,11 +52,27 @@ Reported per row: ``step_ms`` (median wall time of one step, synchronised), ``ke
 ``--profile-steps`` steps, per step, divided by ``step_ms``: 1.0 is a GPU that never waits for the host; overlapping
 streams could push it past 1), ``launches_per_step`` (CUDA kernel / graph launch calls) and ``host_syncs_per_step``
 (CUDA synchronisations; on CPU, the ops that would synchronise on a GPU: ``.item()``, ``nonzero``, boolean-mask
-indexing, ``unique``), ``aten_ops_per_step``, and the breakdown, each a median of ``--steps`` synchronised repeats:
-``backbone_ms`` (the backbone's forward + backward alone on the batch, no fusion), ``render_ms`` (rasterizing the
-step's Gaussians into the supervision views, forward + backward), ``image_encoder_ms`` (the frozen SD VAE, or the
-image encoder the preset uses, forward), ``optimizer_ms`` (``optimizer.step()``) and ``copy_ms`` (the batch from host
-to device memory: pinned + non_blocking when the levers are on).
+indexing, ``unique``), ``aten_ops_per_step``, on CPU ``aten_ms_per_step`` and ``host_ms_per_step`` (the profiled
+steps' time inside the top-level ATen ops, and outside them: Python, module calls, the autograd engine's bookkeeping,
+the profiler's own cost; the host overhead that a GPU step pays as well), and the breakdown, each a median of
+``--steps`` synchronised repeats: ``backbone_ms`` (the backbone's forward + backward alone on the batch, no fusion),
+``render_ms`` (rasterizing the step's Gaussians into the supervision views, forward + backward), ``image_encoder_ms``
+(the frozen SD VAE, or the image encoder the preset uses, forward), ``optimizer_ms`` (``optimizer.step()``) and
+``copy_ms`` (the batch from host to device memory: pinned + non_blocking when the levers are on).
+
+`curves` runs the bf16 / fp32 learning-curve pair of each preset of ``--preset`` on its ``configs/pretrain/*_mini.yaml``
+config: two ``scripts/pretrain.py`` processes with the same seed, data and schedule (``--mixed_precision no`` /
+``bf16``), ``--steps`` steps, validation at step 0 and at the end, ``--concurrent`` processes at a time (side by side
+on one GPU; each with ``--num-workers`` DataLoader workers and its share of the CPU threads). Every run's arguments are
+checked, and a missing mini set is built, before any run starts. A row per preset: each run's validation PSNRs
+[before, after] (novel views; objects also the reference view) from its ``final.json``, ``difference_db`` = bf16 - fp32
+after training, and ``within_tolerance`` (every |difference| <= ``--tolerance``, 0.3 dB); then a Markdown table. The
+runs (checkpoint, renders, metrics) and their logs stay in ``--output-dir``. ``--dataset`` (once per level) takes a
+pre-built set instead of the config's mini set under ``data/``; options after the known ones go to every run::
+
+    python scripts/benchmark.py curves --preset ptv3,sparse_unet,pointmlp,point_transformer,mamba3d,pcm --steps 200 \
+        --concurrent 4 --dataset data/objects-mini --dataset data/scenes-mini --json outputs/curves.json
+    python scripts/benchmark.py curves --preset point_transformer --steps 200 --model.render_backend torch
 """
 
 from __future__ import annotations
@@ -439,6 +459,21 @@ def _random_sd_vae(folder: str) -> str:
     return folder
 
 
+def _top_level_aten_us(events) -> list[float]:
+    """Durations (us) of the ATen ops the profiler recorded that no other ATen op called: the time the host spent
+    inside ATen (dispatch and, on CPU, the computation), each nested op counted once, in its caller."""
+
+    def nested(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    return [e.time_range.elapsed_us() for e in events if e.name.startswith("aten::") and not nested(e)]
+
+
 def _profile_counts(step, device: torch.device, steps: int) -> dict:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -446,9 +481,11 @@ def _profile_counts(step, device: torch.device, steps: int) -> dict:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     _sync(device)
     with profile(activities=activities) as prof:
+        start = time.perf_counter()
         for _ in range(steps):
             step()
         _sync(device)
+        wall_ms = (time.perf_counter() - start) * 1e3
     events = prof.events()
     names = [e.name for e in events]
     syncs = CUDA_SYNCS if device.type == "cuda" else SYNCING_OPS
@@ -456,9 +493,12 @@ def _profile_counts(step, device: torch.device, steps: int) -> dict:
         "aten_ops_per_step": sum(n.startswith("aten::") for n in names) / steps,
         "host_syncs_per_step": sum(n.startswith(syncs) if device.type == "cuda" else n in syncs for n in names) / steps,
     }
-    if device.type == "cuda":  # not the synchronize that closes the profiled window
-        counts["host_syncs_per_step"] -= 1 / steps
+    if device.type == "cpu":  # the profiled steps' time inside ATen ops and outside them (Python, module calls, the
+        # autograd engine's bookkeeping, and the profiler's own cost per op): the host overhead a GPU step pays too
+        counts["aten_ms_per_step"] = sum(_top_level_aten_us(events)) / 1e3 / steps
+        counts["host_ms_per_step"] = wall_ms / steps - counts["aten_ms_per_step"]
     if device.type == "cuda":
+        counts["host_syncs_per_step"] -= 1 / steps  # not the synchronize that closes the profiled window
         kernel_us = sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA)
         counts["kernel_ms_per_step"] = kernel_us / 1e3 / steps
         counts["launches_per_step"] = sum(n.startswith(CUDA_LAUNCHES) for n in names) / steps
@@ -466,14 +506,30 @@ def _profile_counts(step, device: torch.device, steps: int) -> dict:
     return counts
 
 
-def _step_row(args, extra: list[str], dataset: str, accelerator, baseline: bool, output_dir: str) -> dict:
+def _step_variants(args) -> list[tuple[str, list[str]]]:
+    """The variants ``step`` runs, each as (name, the arguments that follow the preset's and the pass-through ones):
+    ``baseline`` (every lever off, with ``--compare-baseline``), ``levers`` (the defaults, eager) and
+    ``levers+compile`` (the defaults with the object backbones compiled, with ``--compile``)."""
+    compiled = ["--torch_compile", "true"] + (["--torch_compile_mode", args.compile_mode] if args.compile_mode else [])
+    variants = [("baseline", BASELINE_ARGS)] if args.compare_baseline else []
+    if args.compare_baseline or not args.compile:
+        variants.append(("levers", ["--torch_compile", "false"]))
+    if args.compile:
+        variants.append(("levers+compile", compiled))
+    return variants
+
+
+def _step_row(args, extra: list[str], dataset: str, accelerator, variant: tuple[str, list[str]], output_dir: str):
     from accelerate.utils import send_to_device
 
     from unipre3d_hf.data import SeededRows
     from unipre3d_hf.ops.sampling import fused_ops_enabled, set_fused_ops
-    from unipre3d_hf.training.loop import build_optimizer_and_scheduler, train_micro_step
+    from unipre3d_hf.training.loop import build_optimizer_and_scheduler, optimizer_skips_on_device, train_micro_step
+    from unipre3d_hf.training.optim import is_fused_adam
     from unipre3d_hf.training.pretrain import PretrainingTask, build_collators, load_split, parse_pretrain_arguments
 
+    name, variant_args = variant
+    baseline = name == "baseline"
     set_fused_ops(not baseline)  # the Triton FPS / kNN / ball query kernels: off in the baseline (today's torch twins)
     device = accelerator.device
     scene = args.preset in SCENE_PRESETS
@@ -486,11 +542,9 @@ def _step_row(args, extra: list[str], dataset: str, accelerator, baseline: bool,
     ]  # fmt: skip
     if scene:
         argv += ["--batch_size", str(args.scenes)]
-    if args.compile and not baseline:
-        argv += ["--torch_compile", "true"] + (["--torch_compile_mode", args.compile_mode] if args.compile_mode else [])
     if args.vae:
         argv += ["--model.image_encoder_name_or_path", args.vae]
-    argv += extra + (BASELINE_ARGS if baseline else [])
+    argv += extra + variant_args
     pargs = parse_pretrain_arguments(argv)
     torch.manual_seed(args.seed)
     task = PretrainingTask(pargs)
@@ -515,10 +569,19 @@ def _step_row(args, extra: list[str], dataset: str, accelerator, baseline: bool,
 
     for _ in range(args.warmup):
         step()
+    encoder = accelerator.unwrap_model(model).image_encoder
+    levers = {  # what this variant ran with, read back from the objects the step uses
+        "fused_sampling": fused_ops_enabled(),  # Triton FPS / kNN / ball query where their inputs allow (CUDA)
+        "fused_adamw": is_fused_adam(optimizer),
+        "nonfinite_skip": "device" if optimizer_skips_on_device(optimizer, accelerator) else "host",
+        # the frozen SD VAE's arithmetic (None: a trainable image encoder, in the step's own precision)
+        "image_encoder_dtype": str(encoder.compute_dtype(device)) if hasattr(encoder, "compute_dtype") else None,
+        "pinned_copies": pinned,
+        "compile": (pargs.torch_compile_mode or "default") if pargs.torch_compile else False,
+    }
     row = {
-        "benchmark": "step", "preset": args.preset, "config": STEP_PRESETS[args.preset],
-        "variant": "baseline" if baseline else "levers", "bf16": args.bf16, "compile": bool(pargs.torch_compile),
-        "device": str(device), "batch": pargs.batch_size, "fused_ops": fused_ops_enabled(),
+        "benchmark": "step", "preset": args.preset, "config": STEP_PRESETS[args.preset], "variant": name,
+        "bf16": args.bf16, "levers": levers, "device": str(device), "batch": pargs.batch_size,
         "image_encoder": task.config.image_encoder, "render_backend": task.config.render_backend,
     }  # fmt: skip
     if scene:
@@ -615,8 +678,8 @@ def bench_step(args, extra: list[str]) -> list[dict]:
             one = argparse.Namespace(**{**vars(args), "preset": preset})
             variants = []
             try:
-                for baseline in (True, False) if args.compare_baseline else (False,):
-                    variants.append(_step_row(one, extra, dataset, accelerator, baseline, os.path.join(tmp, "run")))
+                for variant in _step_variants(args):
+                    variants.append(_step_row(one, extra, dataset, accelerator, variant, os.path.join(tmp, "run")))
                     accelerator.free_memory()  # the variant's model and optimizer go before the next one is built
                     gc.collect()
                     if device.type == "cuda":
@@ -631,17 +694,182 @@ def bench_step(args, extra: list[str]) -> list[dict]:
                 }
                 print(json.dumps(error), flush=True)
                 rows += [*variants, error]
-                continue
-            rows += variants
-            if args.compare_baseline:
-                before, after = variants
-                ratio = {
-                    "benchmark": "step-ratio", "preset": preset, "bf16": args.bf16, "device": str(device),
-                    "baseline_step_ms": before["step_ms"], "levers_step_ms": after["step_ms"],
-                    "speedup": before["step_ms"] / after["step_ms"],
-                }  # fmt: skip
-                print(json.dumps(ratio), flush=True)
-                rows.append(ratio)
+            else:
+                rows += variants
+                for after in variants[1:] if args.compare_baseline else []:
+                    ratio = {
+                        "benchmark": "step-ratio", "preset": preset, "variant": after["variant"], "bf16": args.bf16,
+                        "device": str(device), "baseline_step_ms": variants[0]["step_ms"],
+                        "step_ms": after["step_ms"], "speedup": variants[0]["step_ms"] / after["step_ms"],
+                    }  # fmt: skip
+                    print(json.dumps(ratio), flush=True)
+                    rows.append(ratio)
+            if args.output:  # after every preset: a command stopped by a time limit keeps the presets it finished
+                _write_results(args.output, rows)
+    return rows
+
+
+CURVE_PRECISIONS = ("fp32", "bf16")  # the pair of each preset: --mixed_precision no / bf16
+# the validation PSNRs pretrain writes per level (a scene's validation frames are all novel views)
+CURVE_METRICS = {"object": ("psnr_novel", "psnr_reference"), "scene": ("psnr_novel",)}
+SCRIPTS_DIR = Path(__file__).resolve().parent
+
+
+def _dataset_level(path: str) -> str:
+    """``"scene"`` or ``"object"``, from the columns of the dataset's train split (the rule of
+    ``load_pretraining_dataset``)."""
+    from unipre3d_hf.data.schemas import load_split_dataset
+
+    features = load_split_dataset(path, "train", streaming=True).features or {}
+    return "scene" if "coords" in features else "object"
+
+
+def _curve_argv(preset: str, precision: str, args, datasets: dict, output_dir: str, extra: list[str]) -> list[str]:
+    """``scripts/pretrain.py`` arguments of one run of the pair: the preset's mini config, validation at step 0 and
+    at the end, one checkpoint at the end; ``extra`` last, so that it overrides any of these."""
+    steps = str(args.steps)
+    argv = [
+        "--config", str(CONFIG_DIR / f"{preset}_mini.yaml"), "--max_steps", steps, "--eval_every", steps,
+        "--save_every", steps, "--log_every", str(min(10, args.steps)), "--eval_at_start", "true",
+        "--seed", str(args.seed), "--mixed_precision", "no" if precision == "fp32" else "bf16",
+        "--output_dir", output_dir, "--overwrite_output_dir", "true", "--num_workers", str(args.num_workers),
+    ]  # fmt: skip
+    level = "scene" if preset in SCENE_PRESETS else "object"
+    if level in datasets:
+        argv += ["--dataset", datasets[level]]
+    return argv + extra
+
+
+def _run_pretrain(argv: list[str], log_path: str, env: dict) -> dict:
+    """One ``scripts/pretrain.py`` process, its output to ``log_path``: exit status and wall seconds."""
+    import subprocess
+
+    print(f"curves: started {log_path}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, str(SCRIPTS_DIR / "pretrain.py"), *argv], stdout=log,
+                              stderr=subprocess.STDOUT, env=env, check=False)  # fmt: skip
+    seconds = time.perf_counter() - start
+    print(f"curves: exit {proc.returncode} after {seconds:.0f} s: {log_path}", file=sys.stderr, flush=True)
+    return {"returncode": proc.returncode, "seconds": seconds}
+
+
+def _curve_run_summary(output_dir: str, metrics: tuple[str, ...]) -> dict:
+    """Validation ``metrics`` before (step 0) and after the run from its ``final.json`` (a missing value is NaN: it
+    fails the tolerance), and its skipped steps."""
+    with open(os.path.join(output_dir, "final.json")) as f:
+        history = json.load(f)
+    initial, final = history.get("initial") or {}, history.get("final") or {}
+    # strict JSON: pretrain writes a NaN metric as "nan", which float() reads back
+    summary = {m: [float(initial.get(f"val/{m}", "nan")), float(final.get(f"val/{m}", "nan"))] for m in metrics}
+    summary["steps"], summary["skipped_steps"] = history.get("step"), history.get("skipped_steps")
+    return summary
+
+
+def _log_tail(path: str, lines: int = 5) -> str:
+    with open(path, errors="replace") as f:
+        return " | ".join(line.strip() for line in f.read().splitlines()[-lines:])
+
+
+def _curve_row(preset: str, args, runs: dict) -> dict:
+    """The pair's row: each run's PSNRs [before, after], bf16 - fp32 after training per metric (dB), and whether every
+    difference is finite and within ``args.tolerance``."""
+    row = {"benchmark": "curves", "preset": preset, "config": f"{preset}_mini", "steps": args.steps, "seed": args.seed}
+    for precision, run in runs.items():
+        if run["returncode"] != 0:
+            row["error"] = f"the {precision} run exited with {run['returncode']}: {_log_tail(run['log'])}"
+            row["log"] = run["log"]
+            return row
+    metrics = CURVE_METRICS["scene" if preset in SCENE_PRESETS else "object"]
+    for precision, run in runs.items():
+        row[precision] = {**_curve_run_summary(run["output_dir"], metrics), "seconds": run["seconds"],
+                          "output_dir": run["output_dir"], "log": run["log"]}  # fmt: skip
+    fp32, bf16 = row["fp32"], row["bf16"]
+    row["difference_db"] = {m: bf16[m][1] - fp32[m][1] for m in metrics}
+    diffs = list(row["difference_db"].values())
+    row["tolerance_db"] = args.tolerance
+    row["within_tolerance"] = bool(diffs) and all(abs(d) <= args.tolerance for d in diffs)  # NaN: not within
+    return row
+
+
+def _curves_markdown(rows: list[dict]) -> str:
+    """The rows as the Markdown table of docs/benchmarks.md ("bf16 vs fp32: 200-step learning curves")."""
+
+    def cell(run: dict, metrics) -> str:
+        parts = [f"{m.split('_')[1]} {run[m][0]:.2f} -> {run[m][1]:.2f}" for m in metrics]
+        skipped = f" ({run['skipped_steps']} skipped)" if run.get("skipped_steps") else ""
+        return ", ".join(parts) + skipped
+
+    lines = [
+        "| preset | steps | fp32 val PSNR (dB) | bf16 val PSNR (dB) | bf16 - fp32 | within |",
+        "|---|---:|---|---|---:|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            error = row["error"].replace("|", "\\|")
+            lines.append(f"| `{row['config']}.yaml` | {row['steps']} | failed: {error} | | | |")
+            continue
+        metrics = list(row["difference_db"])
+        fp32, bf16 = cell(row["fp32"], metrics), cell(row["bf16"], metrics)
+        diff = " / ".join(f"{d:+.2f}" for d in row["difference_db"].values())
+        within = f"{'yes' if row['within_tolerance'] else 'no'} ({row['tolerance_db']} dB)"
+        lines.append(f"| `{row['config']}.yaml` | {row['steps']} | {fp32} | {bf16} | {diff} | {within} |")
+    return "\n".join(lines)
+
+
+def bench_curves(args, extra: list[str]) -> list[dict]:
+    """The bf16 / fp32 pair of every preset of ``--preset``: two ``scripts/pretrain.py`` runs with the same seed,
+    data and schedule, ``--concurrent`` processes at a time; a row per preset, in ``--preset``'s order, as each
+    pair ends (also written to ``--json`` then, so that an interrupted command keeps the finished pairs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unipre3d_hf.training.pretrain import load_split, parse_pretrain_arguments
+
+    presets = args.preset.split(",")
+    unknown = [p for p in presets if p not in STEP_PRESETS]
+    if unknown or len(set(presets)) != len(presets):
+        raise SystemExit(f"curves: --preset takes distinct presets among {list(STEP_PRESETS)}, got {args.preset!r}")
+    if args.steps < 1 or args.concurrent < 1:
+        raise SystemExit(f"curves: --steps and --concurrent must be >= 1, got {args.steps} and {args.concurrent}")
+    if args.num_workers is None:  # the CPU cores shared by the concurrent runs (the configs ask for 8 workers each)
+        args.num_workers = max(1, (os.cpu_count() or 1) // args.concurrent - 1)
+    datasets = {}
+    for path in args.dataset or []:
+        level = _dataset_level(path)
+        if level in datasets:
+            raise SystemExit(f"curves: two --dataset folders of the {level} level: {datasets[level]!r}, {path!r}")
+        datasets[level] = path
+    # every run's arguments are checked before anything runs; each set's splits are loaded once, here, so that a
+    # missing mini set is built (and the datasets cache written) by this process, not by several runs at once
+    runs, loaded = {}, set()
+    for preset in presets:
+        for precision in CURVE_PRECISIONS:
+            output_dir = os.path.join(args.output_dir, f"{preset}-{precision}")
+            argv = _curve_argv(preset, precision, args, datasets, output_dir, extra)
+            try:
+                pargs = parse_pretrain_arguments(argv)
+            except ValueError as err:
+                raise SystemExit(f"curves: {preset} {precision}: {err}") from None
+            for split in (pargs.train_split, pargs.val_split):
+                if (pargs.dataset, pargs.data_root, split) not in loaded:
+                    load_split(pargs, split)
+                    loaded.add((pargs.dataset, pargs.data_root, split))
+            runs[preset, precision] = {"argv": argv, "output_dir": output_dir,
+                                       "log": os.path.join(args.output_dir, f"{preset}-{precision}.log")}  # fmt: skip
+    os.makedirs(args.output_dir, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.concurrent)))
+    rows = []
+    with ThreadPoolExecutor(max_workers=args.concurrent) as pool:
+        futures = {key: pool.submit(_run_pretrain, run["argv"], run["log"], env) for key, run in runs.items()}
+        for preset in presets:
+            pair = {p: {**runs[preset, p], **futures[preset, p].result()} for p in CURVE_PRECISIONS}
+            row = _curve_row(preset, args, pair)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            if args.output:
+                _write_results(args.output, rows)
+    print(_curves_markdown(rows), flush=True)
     return rows
 
 
@@ -713,7 +941,8 @@ def main(argv: list[str] | None = None) -> None:
                         "weights: the same compute)")  # fmt: skip
     p_step.add_argument("--compare-baseline", action="store_true", help="also run with every issue-17 lever off")
     p_step.add_argument("--bf16", action="store_true", help="bf16 mixed precision (Accelerate autocast)")
-    p_step.add_argument("--compile", action="store_true", help="torch.compile the object backbones (levers row)")
+    p_step.add_argument("--compile", action="store_true", help="a levers+compile row: the object backbones "
+                        "compiled (with --compare-baseline, besides the eager levers row)")  # fmt: skip
     p_step.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     p_step.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p_step.add_argument("--steps", type=int, default=20, help="timed steps (and repeats of each breakdown part)")
@@ -722,21 +951,45 @@ def main(argv: list[str] | None = None) -> None:
     p_step.add_argument("--seed", type=int, default=0)
     p_step.add_argument("--json", "--output", dest="output", default=None, help="also write the results as JSON")
     p_step.set_defaults(func=bench_step)
+    p_curves = sub.add_parser("curves", help="bf16 vs fp32 learning-curve pairs of the *_mini presets")
+    p_curves.add_argument("--preset", required=True, help=f"one or more (comma-separated) of {','.join(STEP_PRESETS)}")
+    p_curves.add_argument("--steps", type=int, default=200, help="training steps of every run")
+    p_curves.add_argument("--dataset", action="append", default=None, help="a pre-built set for the presets of its "
+                          "level (given once per level; default: the config's mini set under data/, built when "
+                          "missing)")  # fmt: skip
+    p_curves.add_argument("--concurrent", type=int, default=1, help="runs at a time (side by side on one GPU)")
+    p_curves.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per run (default: the "
+                          "CPU cores / --concurrent, minus one)")  # fmt: skip
+    p_curves.add_argument("--seed", type=int, default=0)
+    p_curves.add_argument("--tolerance", type=float, default=0.3, help="dB: the most |bf16 - fp32| after training")
+    p_curves.add_argument("--output-dir", default="outputs/curves", help="the runs' output_dir's and logs")
+    p_curves.add_argument("--json", "--output", dest="output", default=None, help="also write the results as JSON")
+    p_curves.set_defaults(func=bench_curves)
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "step":
+    if extra and args.command not in PASS_THROUGH:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
-    header = {
+    print(json.dumps(_environment()), flush=True)
+    rows = args.func(args, extra) if args.command in PASS_THROUGH else args.func(args)
+    if args.output:
+        _write_results(args.output, rows)
+
+
+PASS_THROUGH = ("step", "curves")  # benchmarks whose unknown options go to the training arguments
+
+
+def _environment() -> dict:
+    return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "cpu_threads": torch.get_num_threads(),
     }
-    print(json.dumps(header), flush=True)
-    rows = args.func(args, extra) if args.command == "step" else args.func(args)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump({"environment": header, "command": " ".join(sys.argv), "results": rows}, f, indent=1)
+
+
+def _write_results(path: str, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump({"environment": _environment(), "command": " ".join(sys.argv), "results": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""`scripts/benchmark.py step` on CPU at tiny sizes (issue 17): one object and one scene preset, baseline and levers
-rows through the training loop's own step, their JSON keys and positive times (no timing is asserted)."""
+"""`scripts/benchmark.py step` on CPU at tiny sizes (issue 17): one object preset as baseline, levers and compiled rows
+and one scene preset, through the training loop's own step: their JSON keys, the levers each row says it ran with,
+positive times (no speed is asserted), and the variants the flags ask for."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -33,25 +35,64 @@ def _rows(tmp_path, argv):
     return written["results"]
 
 
-def test_object_step_compares_baseline_and_levers(tmp_path):
+def test_object_step_compares_baseline_levers_and_compiled(tmp_path):
     data = tmp_path / "objects"
     build_objects_mini(str(data), num_objects=2, poses=2, views=5, image_size=32, num_points=128, seed=1,
                        show_progress=False)  # fmt: skip
     rows = _rows(tmp_path, [
-        "--preset", "pointmlp", "--dataset", str(data), "--compare-baseline", *QUICK, *TINY_IMAGES,
+        "--preset", "pointmlp", "--dataset", str(data), "--compare-baseline", "--compile", *QUICK, *TINY_IMAGES,
         "--backbone.embed_dim", "8", "--backbone.dim_expansion", "[2]", "--backbone.reducers", "[2]",
         "--backbone.k_neighbors", "[8]", "--backbone.pre_blocks", "[1]", "--backbone.pos_blocks", "[1]",
         "--backbone.decoder_dims", "[16]", "--backbone.decoder_blocks", "[1]", "--model.initial_scale", "0.05",
         "--num_points", "64", "--point_sampling", "first", "--image_size", "16", "--batch_size", "2",
+        "--torch_compile_backend", "eager",  # dynamo's graph capture without inductor's code generation
     ])  # fmt: skip
-    baseline, levers, ratio = rows
-    assert [r["variant"] for r in rows[:2]] == ["baseline", "levers"] and ratio["benchmark"] == "step-ratio"
-    for row in (baseline, levers):
+    baseline, levers, compiled, *ratios = rows
+    assert [r["variant"] for r in rows[:3]] == ["baseline", "levers", "levers+compile"]
+    for row in (baseline, levers, compiled):
         assert row["config"] == "pointmlp_shapenet" and row["batch"] == 2 and row["points"] == 64
         assert (row["reference_views"], row["target_views"], row["image_size"]) == (1, 4, [16, 16])
         assert all(row[k] > 0 for k in TIMES), row
         assert row["aten_ops_per_step"] > 100 and row["host_syncs_per_step"] >= 0
-    assert ratio["speedup"] == pytest.approx(baseline["step_ms"] / levers["step_ms"])
+        # CPU: the profiled steps split into time inside ATen ops and the host's time outside them
+        assert row["aten_ms_per_step"] > 0 and row["host_ms_per_step"] >= 0
+        # CPU: no fused AdamW (foreach), so the non-finite check reads the flag on the host; nothing is pinned
+        assert row["levers"]["fused_adamw"] is False and row["levers"]["nonfinite_skip"] == "host"
+        assert row["levers"]["pinned_copies"] is False and row["levers"]["image_encoder_dtype"] is None  # conv
+    assert [r["levers"]["fused_sampling"] for r in (baseline, levers, compiled)] == [False, True, True]
+    assert [r["levers"]["compile"] for r in (baseline, levers, compiled)] == [False, False, "default"]
+    assert [(r["benchmark"], r["variant"]) for r in ratios] == [
+        ("step-ratio", "levers"),
+        ("step-ratio", "levers+compile"),
+    ]
+    for ratio, row in zip(ratios, (levers, compiled)):
+        assert ratio["speedup"] == pytest.approx(baseline["step_ms"] / row["step_ms"])
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], [("levers", ["--torch_compile", "false"])]),
+        (["--compile"], [("levers+compile", ["--torch_compile", "true"])]),
+        (["--compare-baseline"], [("baseline", benchmark.BASELINE_ARGS), ("levers", ["--torch_compile", "false"])]),
+        (
+            ["--compare-baseline", "--compile", "--compile-mode", "reduce-overhead"],
+            [
+                ("baseline", benchmark.BASELINE_ARGS), ("levers", ["--torch_compile", "false"]),
+                ("levers+compile", ["--torch_compile", "true", "--torch_compile_mode", "reduce-overhead"]),
+            ],
+        ),
+    ],
+)  # fmt: skip
+def test_step_variants_say_which_levers_are_on(flags, expected):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--compare-baseline", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default=None)
+    variants = benchmark._step_variants(parser.parse_args(flags))
+    assert variants == expected
+    # the baseline turns every lever off, compile included
+    assert all("--torch_compile" in tail for _, tail in variants)
 
 
 def test_scene_step_runs_one_variant(tmp_path):
