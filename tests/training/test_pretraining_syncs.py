@@ -31,6 +31,16 @@ from unipre3d_hf.rendering.cameras import look_at
 from unipre3d_hf.training.loop import build_optimizer_and_scheduler, train_micro_step
 from unipre3d_hf.training.pretrain import PretrainArguments, PretrainingTask
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # these steps are many small ops: on a shared 2-core machine one thread runs them 10x faster than two
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------------------------ one whole step
 # Syncs every step has, by level. The renderer is the torch twin on CPU (gsplat on CUDA has its own):
 RASTERIZER = {
