@@ -1,15 +1,19 @@
 """Host syncs on the pre-training step's hot path (issue 17), counted on CPU: every op that makes the host wait for a
-GPU (``.item()`` / ``.tolist()`` / ``bool()`` of a tensor, ``nonzero``, boolean-mask indexing, ``unique``) is recorded
-by a dispatch mode; on CUDA, ``torch.cuda.set_sync_debug_mode("error")`` checks the same step for real."""
+GPU (``.item()`` / ``.tolist()`` / ``bool()`` of a tensor, ``nonzero``, boolean-mask indexing, ``unique``, the ops that
+size their output on the host) is recorded by a dispatch mode; on CUDA, ``torch.cuda.set_sync_debug_mode("error")``
+checks the same step for real. The syncs of whole pre-training steps: ``test_pretraining_syncs.py``."""
 
 from __future__ import annotations
 
 import collections
+import os
+import sys
 
 import pytest
 import torch
 from accelerate import Accelerator
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from unipre3d_hf.ops.voxelize import check_packed_points, voxel_representatives
@@ -20,21 +24,67 @@ from unipre3d_hf.training.loop import build_optimizer_and_scheduler, train_micro
 from unipre3d_hf.training.pretrain import gaussian_statistics
 
 SYNCING = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select"}
+# ops whose CUDA kernels read a size on the host (ATen: bincount reads the input's maximum for its number of bins,
+# repeat_interleave without output_size reads the sum of the repeats): syncs on CUDA, invisible on CPU
+SIZING = {"bincount", "repeat_interleave"}
+# tensor methods that copy device values to the host without dispatching an op on a CPU tensor
+HOST_READS = (torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy)
+
+
+def _call_site() -> str:
+    """``function`` of the innermost frame in the package (where the syncing call was written)."""
+    frame = sys._getframe(2)
+    while frame is not None and f"{os.sep}unipre3d_hf{os.sep}" not in frame.f_code.co_filename:
+        frame = frame.f_back
+    return frame.f_code.co_name if frame is not None else "?"
+
+
+class _CountHostReads(TorchFunctionMode):
+    def __init__(self, counter: CountSyncs):
+        super().__init__()
+        self.counter = counter
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in HOST_READS:
+            self.counter.record(func.__name__)
+        return func(*args, **(kwargs or {}))
 
 
 class CountSyncs(TorchDispatchMode):
-    """Counts the syncing ops (by name) run inside the ``with`` block; boolean-mask indexing counts as ``index``."""
+    """Counts the syncing ops (by name) run inside the ``with`` block: boolean-mask indexing counts as ``index``,
+    ``.tolist()`` / ``.cpu()`` / ``.numpy()`` by their names, and the ops of ``SIZING`` when they would read a size.
+    ``sites`` counts ``"<op> in <function>"``, the package function that made the call."""
 
     def __init__(self):
         super().__init__()
         self.counts = collections.Counter()
+        self.sites = collections.Counter()
+        self._reads = _CountHostReads(self)
+
+    def record(self, name: str) -> None:
+        self.counts[name] += 1
+        self.sites[f"{name} in {_call_site()}"] += 1
+
+    def __enter__(self):
+        self._reads.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._reads.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._overloadpacket.__name__
         if name in SYNCING:
-            self.counts[name] += 1
+            self.record(name)
         elif name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or []):
-            self.counts["index"] += 1
+            self.record("index")
+        elif name == "bincount" or (
+            name == "repeat_interleave" and len(args) == 1 and (kwargs or {}).get("output_size") is None
+        ):
+            self.record(name)
         return func(*args, **(kwargs or {}))
 
 

@@ -32,7 +32,13 @@ from ..data.geometry import unproject_depth_to_world
 from ..ops.sparse_conv import SparseVoxels, SubMConv3d, pack_voxel_keys
 from ..ops.voxelize import offsets_to_batch_index, scene_minimum, voxel_representatives
 from ..rendering import Cameras, Gaussians, render
-from ..rendering.cameras import check_rigid_transforms
+from ..rendering.cameras import (
+    check_intrinsics,
+    check_rigid_transforms,
+    intrinsics_ok,
+    rigid_transforms_ok,
+    run_value_checks,
+)
 from ..training.losses import LPIPSLoss, reconstruction_loss
 from ..utils.import_utils import require_package
 from .layers import FrozenNetwork, init_torch_default
@@ -290,13 +296,15 @@ def lift_reference_pixels(
     hi = -scene_minimum(-coords, batch3d, b)
     world = world.to(coords.dtype)
     inside = valid & ((world >= lo[:, None, None, None]) & (world <= hi[:, None, None, None])).all(-1)
-    scene = torch.arange(b, device=coords.device).view(b, 1, 1, 1).expand(b, v, h, w)[inside]
-    points = world[inside]
-    feats = image_features.permute(0, 1, 3, 4, 2)[inside]
+    # two data-dependent sizes, two host syncs: the pixels kept (one nonzero, shared by the three gathers that a
+    # boolean mask would each count again) and the voxels they fall in (unique's size)
+    kept = torch.unravel_index(inside.flatten().nonzero().squeeze(1), (b, v, h, w))  # row-major, as mask indexing
+    scene = kept[0]
+    points = world[kept]
+    feats = image_features.permute(0, 1, 3, 4, 2)[kept]
     grid = torch.floor((points - lo[scene]) / grid_size).long()
-    _, pixel_to_voxel = torch.unique(pack_voxel_keys(scene, grid), return_inverse=True)
-    num_voxels = int(pixel_to_voxel.max()) + 1 if pixel_to_voxel.numel() else 0
-    chosen = voxel_representatives(pixel_to_voxel, num_voxels, random_pixel, generator)
+    voxel_keys, pixel_to_voxel = torch.unique(pack_voxel_keys(scene, grid), return_inverse=True)
+    chosen = voxel_representatives(pixel_to_voxel, voxel_keys.numel(), random_pixel, generator)
     return LiftedPixels(feats[chosen], points[chosen], grid[chosen], scene[chosen])
 
 
@@ -364,6 +372,46 @@ class GaussianHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------- model
+def _check_unit_range(name: str, value: torch.Tensor) -> None:
+    lo, hi = (float(x) for x in torch.aminmax(value.detach()))
+    if not (0.0 <= lo and hi <= 1.0 and math.isfinite(hi)):  # NaN fails every comparison
+        raise ValueError(f"`{name}` must be finite and in [0, 1], got values in [{lo}, {hi}]")
+
+
+def _unit_range_ok(value: torch.Tensor) -> torch.Tensor:
+    """0-dim bool: the flag of :func:`_check_unit_range` (the same comparisons, on the device)."""
+    lo, hi = torch.aminmax(value.detach())
+    return (lo >= 0) & (hi <= 1) & torch.isfinite(hi)
+
+
+def check_input_values(**tensors: torch.Tensor | None) -> None:
+    """The value checks of :meth:`UniPre3DForGaussianPretraining.forward`'s inputs, in one host sync: images and
+    background float in [0, 1] (the collators' output: 0..255 or NaN images would go into the loss unnoticed, issue
+    19), ``*_c2w`` finite rigid transforms, ``*_intrinsics`` finite with positive focal lengths. Each error names its
+    field. ``None`` fields and the shapes are left to the forward's own checks; an intrinsics tensor that is not
+    ``[..., 4]`` is left to them too (its shape error comes first)."""
+    checks = []
+    for name, value in tensors.items():
+        if value is None:
+            continue
+        if name.endswith("_c2w"):
+            if isinstance(value, torch.Tensor):
+                checks.append(
+                    (rigid_transforms_ok(name, value), functools.partial(check_rigid_transforms, name, value))
+                )
+        elif name.endswith("_intrinsics"):
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape[-1:] == (4,):
+                checks.append((intrinsics_ok(value), functools.partial(check_intrinsics, name, value)))
+        else:
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise ValueError(
+                    f"`{name}` must be a floating-point tensor in [0, 1], got {getattr(value, 'dtype', type(value))}"
+                )
+            if value.numel():
+                checks.append((_unit_range_ok(value), functools.partial(_check_unit_range, name, value)))
+    run_value_checks(checks)
+
+
 class UniPre3DPreTrainedModel(PreTrainedModel):
     config_class = UniPre3DConfig
     base_model_prefix = "unipre3d"
@@ -450,9 +498,10 @@ class UniPre3DForGaussianPretraining(UniPre3DPreTrainedModel):
             raise ValueError(f"`{name}_c2w` must have shape [B={b}, V={v}, 4, 4], got {tuple(c2w.shape)}")
         if intrinsics.shape != (b, v, 4):
             raise ValueError(f"`{name}_intrinsics` must have shape [B={b}, V={v}, 4], got {tuple(intrinsics.shape)}")
-        # forward() has checked the poses under their own names (reference_c2w / target_c2w), except while compiling
+        # forward() has checked the poses and intrinsics under their own names (`check_input_values`), except while
+        # compiling
         check = torch.compiler.is_compiling()
-        return Cameras.from_camera_to_world(c2w.float(), intrinsics.float(), w, h, check_rigid=check)
+        return Cameras.from_camera_to_world(c2w.float(), intrinsics.float(), w, h, check_values=check)
 
     def _background(self, background: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         if background is None:
@@ -506,23 +555,12 @@ class UniPre3DForGaussianPretraining(UniPre3DPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         cfg = self.config
-        # images and background are float in [0, 1] (the collators' output): 0..255 or NaN images would go into the
-        # loss unnoticed (issue 19). One sync per tensor; skipped while compiling (data-dependent checks break graphs).
-        for name, value in (("reference_images", reference_images), ("target_images", target_images),
-                            ("background", background)):  # fmt: skip
-            if value is None or torch.compiler.is_compiling():
-                continue
-            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                raise ValueError(
-                    f"`{name}` must be a floating-point tensor in [0, 1], got {getattr(value, 'dtype', type(value))}"
-                )
-            if value.numel():
-                lo, hi = (float(x) for x in torch.aminmax(value.detach()))
-                if not (0.0 <= lo and hi <= 1.0 and math.isfinite(hi)):  # NaN fails every comparison
-                    raise ValueError(f"`{name}` must be finite and in [0, 1], got values in [{lo}, {hi}]")
-        for name, value in (("reference_c2w", reference_c2w), ("target_c2w", target_c2w)):
-            if isinstance(value, torch.Tensor) and not torch.compiler.is_compiling():
-                check_rigid_transforms(name, value)  # named here; Cameras would name them `camera_to_world`
+        if not torch.compiler.is_compiling():  # data-dependent checks would break graphs
+            check_input_values(
+                reference_images=reference_images, target_images=target_images, background=background,
+                reference_c2w=reference_c2w, target_c2w=target_c2w,
+                reference_intrinsics=reference_intrinsics, target_intrinsics=target_intrinsics,
+            )  # fmt: skip
         if cfg.level == "object":
             if points is None:
                 raise ValueError("an object-level model needs `points` [B, N, 3]")

@@ -45,7 +45,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration.ptv3 import PTv3Config
 from ..ops.attention import PatchLayout, build_patches, resolve_attention_backend, serialized_patch_attention
-from ..ops.serialization import serialize
+from ..ops.serialization import MAX_DEPTH, check_grid_range, serialize
 from ..ops.sparse_conv import SparseVoxels, SubMConv3d, pack_voxel_keys
 from ..ops.voxelize import segment_max, segment_mean
 from .layers import DropPath, PointPreTrainedModel, linear_rates
@@ -78,7 +78,11 @@ class PTv3Level:
         self.inverse = torch.empty_like(self.order).scatter_(
             1, self.order, torch.arange(self.codes.shape[1], device=self.codes.device).expand_as(self.order)
         )
-        self.counts = torch.bincount(self.voxels.batch_index, minlength=self.voxels.batch_size)
+        # a scatter, not bincount (whose CUDA kernel reads the maximum on the host)
+        batch_index = self.voxels.batch_index
+        self.counts = batch_index.new_zeros(self.voxels.batch_size).index_add_(
+            0, batch_index, torch.ones_like(batch_index)
+        )
 
     def shuffle_orders(self) -> None:
         perm = torch.randperm(self.codes.shape[0], device=self.codes.device)
@@ -132,12 +136,17 @@ def _serialization_codes(grid_coords, batch_index, config: PTv3Config) -> torch.
     """``[O, N]`` codes of every order of ``config.order``, at ``config.serialization_depth`` bits per axis, or with
     ``None`` at Pointcept's ``int(grid.max() + 1).bit_length()`` over the batch (``Point.serialization``)."""
     depth = config.serialization_depth
+    # the grids of PTv3's levels lie in [0, MAX_GRID_COORD) (voxelize and SparseVoxels.append check it; pooling only
+    # shrinks them): at 16 bits no range check is needed, at fewer bits one, shared by every order
+    check = depth is not None and depth < MAX_DEPTH
     if depth is None:
         depth = int(grid_coords.max()) + 1 if grid_coords.numel() else 1
         depth = depth.bit_length()
         if depth > 16:
             raise ValueError(f"grid coordinates up to {(1 << depth) - 1} need more than the 16 bits per axis allowed")
-    return torch.stack([serialize(grid_coords, batch_index, o, depth=depth) for o in config.order])
+    elif check:
+        check_grid_range(grid_coords, depth)
+    return torch.stack([serialize(grid_coords, batch_index, o, depth=depth, check_range=False) for o in config.order])
 
 
 class PTv3MLP(nn.Module):
@@ -212,17 +221,22 @@ class PTv3Pooling(nn.Module):
             key = pack_voxel_keys(voxels.batch_index, coarse_grid)
         else:
             key = level.codes[0] >> (3 * self.shift)
-        _, cluster = torch.unique(key, sorted=True, return_inverse=True)
-        m = int(cluster.max()) + 1
+        coarse_keys, cluster = torch.unique(key, sorted=True, return_inverse=True)  # a sync: M is data-dependent
+        m = coarse_keys.numel()
         rows = torch.arange(key.numel(), device=key.device)
         head = torch.full((m,), key.numel(), dtype=torch.long, device=key.device)
         head.scatter_reduce_(0, cluster, rows, reduce="amin")
+        # the coarse grid's extent follows from the fine one's (floor division and shifts are monotone)
+        grid_max = voxels.grid_max
+        if grid_max is not None:
+            grid_max = [g // self.stride if grid else g >> self.shift for g in grid_max]
         coarse_voxels = SparseVoxels(
             features=features.new_zeros(m, 0),
             grid_coords=coarse_grid[head] if grid else voxels.grid_coords[head] >> self.shift,
             batch_index=voxels.batch_index[head],
             batch_size=voxels.batch_size,
             backend=voxels.backend,
+            grid_max=grid_max,
         )
         if grid:  # serialized afresh, in `order`'s order (Pointcept: `point.serialization(order=point.order)`)
             codes = _serialization_codes(coarse_voxels.grid_coords, coarse_voxels.batch_index, self.config)

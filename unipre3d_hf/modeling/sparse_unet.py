@@ -65,7 +65,7 @@ def apply_fusion_hook(voxels: SparseVoxels, fusion_hook: FusionHook | None, poin
     order = torch.argsort(fused.batch_index, stable=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=order.device)
-    return fused.index_select(order), rank[point_to_token]
+    return fused.index_select(order, permutation=True), rank[point_to_token]
 
 
 class SparseUNetBasicBlock(GradientCheckpointingLayer):
@@ -254,13 +254,14 @@ def embed_scene(
     The features are cast to ``dtype`` (the model's) when given; the coordinates keep their precision (a bfloat16
     grid would put points of a 5 m scene in the wrong 2 cm voxels).
     """
-    check_packed_points(coords, features, offsets)
+    # one host sync for every value check, which also gives the grid's extent (spconv's spatial shape)
+    grid_max = check_packed_points(coords, features, offsets, config.grid_size)
     if features.shape[1] != config.in_channels:
         raise ValueError(
             f"`features` must have shape [P, {config.in_channels}] (config.in_channels), got {tuple(features.shape)}"
         )
     backend = resolve_sparse_conv_backend(config.sparse_conv_backend, features.device)
-    vox = voxelize(coords, offsets, config.grid_size, random_representative=training)
+    vox = voxelize(coords, offsets, config.grid_size, random_representative=training, check_inputs=False)
     voxels = SparseVoxels(
         features=features[vox.representative] if dtype is None else features[vox.representative].to(dtype),
         grid_coords=vox.grid_coords,
@@ -268,6 +269,7 @@ def embed_scene(
         coords=vox.mean_coords,
         batch_size=offsets.numel(),
         backend=backend,
+        grid_max=grid_max,
     )
     return voxels, vox.point_to_voxel
 

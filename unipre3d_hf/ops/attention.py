@@ -68,6 +68,8 @@ class PatchLayout:
         patch_lengths: ``[num_patches]`` int64.
         max_len: the longest patch.
         owner: ``[N]`` slot in ``token_index`` whose output each token takes.
+        num_tokens: N.
+        padded: some patch is shorter than ``max_len`` (the torch twin then masks its padding).
     """
 
     token_index: torch.Tensor
@@ -75,22 +77,31 @@ class PatchLayout:
     patch_lengths: torch.Tensor
     max_len: int
     owner: torch.Tensor
+    num_tokens: int
+    padded: bool
 
 
 def build_patches(counts: torch.Tensor, patch_size: int) -> PatchLayout:
-    """Patch layout for scenes of ``counts [B]`` tokens (each > 0) laid out one after another."""
+    """Patch layout for scenes of ``counts [B]`` tokens (each > 0) laid out one after another. One host sync: the
+    ``B`` counts are read once, and every size of the layout is computed from them on the host."""
     if patch_size < 1:
         raise ValueError(f"`patch_size` must be >= 1, got {patch_size}")
     device = counts.device
     counts = counts.long()
     k = patch_size
+    host_counts = counts.tolist()
+    host_patches = [1 if n <= k else -(-n // k) for n in host_counts]
+    total_patches = sum(host_patches)
+    total_slots = sum(min(n, k) * p for n, p in zip(host_counts, host_patches))  # every patch holds min(n, K) slots
+    num_tokens = sum(host_counts)
+    max_len = min(max(host_counts), k)
     num_patches = torch.where(counts <= k, torch.ones_like(counts), (counts + k - 1) // k)  # [B]
     slots = torch.where(counts <= k, counts, num_patches * k)  # [B] slots per scene
     scene_start = torch.cumsum(counts, 0) - counts
     slot_start = torch.cumsum(slots, 0) - slots
-    total_patches = int(num_patches.sum())
     # per patch: scene, local start, length
-    patch_scene = torch.repeat_interleave(torch.arange(counts.numel(), device=device), num_patches)
+    scenes = torch.arange(counts.numel(), device=device)
+    patch_scene = torch.repeat_interleave(scenes, num_patches, output_size=total_patches)
     first_patch = torch.cumsum(num_patches, 0) - num_patches
     j = torch.arange(total_patches, device=device) - first_patch[patch_scene]  # patch number within its scene
     n = counts[patch_scene]
@@ -99,20 +110,19 @@ def build_patches(counts: torch.Tensor, patch_size: int) -> PatchLayout:
     length = torch.where(n <= k, n, torch.full_like(n, k))
     cu = torch.zeros(total_patches + 1, dtype=torch.long, device=device)
     cu[1:] = torch.cumsum(length, 0)
-    total_slots = int(cu[-1])
     slot_patch = torch.repeat_interleave(torch.arange(total_patches, device=device), length, output_size=total_slots)
     rank = torch.arange(total_slots, device=device) - cu[:-1][slot_patch]
     token_index = scene_start[patch_scene][slot_patch] + local_start[slot_patch] + rank
     # owner of every token: its slot in its first patch
-    num_tokens = int(counts.sum())
-    token_scene = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts, output_size=num_tokens)
+    token_scene = torch.repeat_interleave(scenes, counts, output_size=num_tokens)
     local = torch.arange(num_tokens, device=device) - scene_start[token_scene]
     tn = counts[token_scene]
     full = (tn // k) * k  # tokens covered by the regular patches
     in_tail = (tn > k) & (local >= full)
     local_slot = torch.where(in_tail, (num_patches[token_scene] - 1) * k + local - (tn - k), local)
     owner = slot_start[token_scene] + local_slot
-    return PatchLayout(token_index, cu.int(), length, int(length.max()), owner)
+    padded = any(min(n, k) < max_len for n in host_counts)
+    return PatchLayout(token_index, cu.int(), length, max_len, owner, num_tokens, padded)
 
 
 def patch_attention_torch(qkv: torch.Tensor, layout: PatchLayout, scale: float) -> torch.Tensor:
@@ -134,7 +144,7 @@ def patch_attention_torch(qkv: torch.Tensor, layout: PatchLayout, scale: float) 
     padded = padded.view(num_patches, kmax, 3, qkv.shape[2], qkv.shape[3]).permute(2, 0, 3, 1, 4)  # [3, P, H, K, D]
     q, k, v = padded.unbind(0)
     mask = None
-    if bool((layout.patch_lengths < kmax).any()):
+    if layout.padded:
         valid = torch.arange(kmax, device=qkv.device)[None] < layout.patch_lengths[:, None]  # [P, K]
         mask = valid[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [P, H, K, D]
@@ -189,10 +199,10 @@ def serialized_patch_attention(
     """
     if qkv.ndim != 4 or qkv.shape[1] != 3:
         raise ValueError(f"`qkv` must have shape [N, 3, H, D], got {tuple(qkv.shape)}")
-    if int(counts.sum()) != qkv.shape[0]:
-        raise ValueError(f"`counts` must sum to N = {qkv.shape[0]}, got {int(counts.sum())}")
-    scale = qkv.shape[-1] ** -0.5 if scale is None else scale
     layout = build_patches(counts, patch_size) if layout is None else layout
+    if layout.num_tokens != qkv.shape[0]:  # the layout's count, read on the host when it was built
+        raise ValueError(f"`counts` must sum to N = {qkv.shape[0]}, got {layout.num_tokens}")
+    scale = qkv.shape[-1] ** -0.5 if scale is None else scale
     slots = qkv[order[layout.token_index]]  # [L, 3, H, D]
     if backend == "torch":
         out = patch_attention_torch(slots, layout, scale)

@@ -28,14 +28,20 @@ MAX_DEPTH = 16
 ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
 
 
-def _check_grid(grid_coords: torch.Tensor, depth: int) -> None:
+def _check_grid(grid_coords: torch.Tensor, depth: int, check_range: bool = True) -> None:
     if grid_coords.ndim != 2 or grid_coords.shape[1] != 3:
         raise ValueError(f"`grid_coords` must have shape [N, 3], got {tuple(grid_coords.shape)}")
     if grid_coords.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"`grid_coords` must be an integer (int64) tensor, got {grid_coords.dtype}")
     if not 1 <= depth <= MAX_DEPTH:
         raise ValueError(f"`depth` must be in [1, {MAX_DEPTH}], got {depth}")
-    if grid_coords.numel() and (grid_coords.min() < 0 or grid_coords.max() >= (1 << depth)):
+    if check_range:
+        check_grid_range(grid_coords, depth)
+
+
+def check_grid_range(grid_coords: torch.Tensor, depth: int) -> None:
+    """Raise unless every coordinate lies in ``[0, 2^depth)`` (one host sync)."""
+    if grid_coords.numel() and bool((grid_coords.min() < 0) | (grid_coords.max() >= (1 << depth))):
         raise ValueError(f"`grid_coords` must lie in [0, 2^depth) = [0, {1 << depth}) for depth {depth}")
 
 
@@ -50,30 +56,32 @@ def _spread_bits(v: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def z_order_encode(grid_coords: torch.Tensor, depth: int = MAX_DEPTH) -> torch.Tensor:
+def z_order_encode(grid_coords: torch.Tensor, depth: int = MAX_DEPTH, check_range: bool = True) -> torch.Tensor:
     """Morton code of integer coordinates.
 
     Args:
         grid_coords: ``[N, 3]`` int64, each in ``[0, 2^depth)``.
         depth: bits per axis (at most 16).
+        check_range: check the range (a host sync); False for callers that know it.
     Returns:
         ``[N]`` int64 codes in ``[0, 8^depth)``; bit ``i`` of x/y/z lands on bit ``3i+2``/``3i+1``/``3i``.
     """
-    _check_grid(grid_coords, depth)
+    _check_grid(grid_coords, depth, check_range)
     g = grid_coords.long()
     return (_spread_bits(g[:, 0]) << 2) | (_spread_bits(g[:, 1]) << 1) | _spread_bits(g[:, 2])
 
 
-def hilbert_encode(grid_coords: torch.Tensor, depth: int = MAX_DEPTH) -> torch.Tensor:
+def hilbert_encode(grid_coords: torch.Tensor, depth: int = MAX_DEPTH, check_range: bool = True) -> torch.Tensor:
     """Hilbert index of integer coordinates (Skilling 2004), vectorised over points; loops only over bits and axes.
 
     Args:
         grid_coords: ``[N, 3]`` int64, each in ``[0, 2^depth)``.
         depth: bits per axis (at most 16).
+        check_range: check the range (a host sync); False for callers that know it.
     Returns:
         ``[N]`` int64 codes in ``[0, 8^depth)``; consecutive codes are face-adjacent cells of the ``2^depth`` cube.
     """
-    _check_grid(grid_coords, depth)
+    _check_grid(grid_coords, depth, check_range)
     x = [grid_coords[:, i].long().clone() for i in range(3)]
     # Skilling, AxestoTranspose: "inverse undo" of the excess work, from the top bit down to bit 1.
     q = 1 << (depth - 1)
@@ -102,7 +110,11 @@ def hilbert_encode(grid_coords: torch.Tensor, depth: int = MAX_DEPTH) -> torch.T
 
 
 def serialize(
-    grid_coords: torch.Tensor, batch_index: torch.Tensor, order: str = "z", depth: int | None = None
+    grid_coords: torch.Tensor,
+    batch_index: torch.Tensor,
+    order: str = "z",
+    depth: int | None = None,
+    check_range: bool = True,
 ) -> torch.Tensor:
     """Serialization code of each voxel, with its scene index in the high bits (Pointcept's ``encode``).
 
@@ -112,6 +124,8 @@ def serialize(
         order: one of ``"z"``, ``"z-trans"``, ``"hilbert"``, ``"hilbert-trans"``.
         depth: bits per axis; ``None`` uses ``MAX_DEPTH`` (16) so the order does not depend on the batch (see the
             module docstring).
+        check_range: check that the coordinates lie in ``[0, 2^depth)`` (a host sync); False for callers that know
+            it (e.g. once for several orders of the same grid).
     Returns:
         ``[N]`` int64 codes ``batch << (3 * depth) | curve_code``; ``torch.argsort(codes)`` is the serialized order.
     """
@@ -124,11 +138,12 @@ def serialize(
         raise ValueError(f"`order` must be one of {ORDERS}, got {order!r}")
     if order.endswith("-trans"):
         grid_coords = grid_coords[:, [1, 0, 2]]
-    code = z_order_encode(grid_coords, depth) if order.startswith("z") else hilbert_encode(grid_coords, depth)
+    encode = z_order_encode if order.startswith("z") else hilbert_encode
+    code = encode(grid_coords, depth, check_range)
     return (batch_index.long() << (3 * depth)) | code
 
 
-__all__ = ["MAX_DEPTH", "ORDERS", "hilbert_encode", "serialize", "z_order_encode"]
+__all__ = ["MAX_DEPTH", "ORDERS", "check_grid_range", "hilbert_encode", "serialize", "z_order_encode"]
 
 
 AXIS_ORDERS = ("xyz", "xzy", "yxz", "yzx", "zxy", "zyx")

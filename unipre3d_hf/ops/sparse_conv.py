@@ -113,16 +113,29 @@ def _kernel_offsets(kernel_size: tuple[int, int, int], device) -> torch.Tensor:
     return torch.tensor(list(product(*(range(k) for k in kernel_size))), dtype=torch.long, device=device).reshape(-1, 3)
 
 
-def _group_pairs(in_rows: list[torch.Tensor], out_rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list]:
-    counts = [int(r.numel()) for r in in_rows]
+def _pairs_by_offset(hit: torch.Tensor, found: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The pairs of a kernel map from ``hit [K, N]`` (pair (offset k, row n) exists) and ``found [K, N]`` (its other
+    row): ``(found rows, n rows, starts)`` grouped by k, then by n (the order of a loop over k of ``[hit[k]]``).
+
+    One host read, the pair counts per offset (the map's sizes); the pairs are scattered to their cumulative
+    positions, not gathered by ``nonzero`` (a second sync)."""
+    counts = hit.sum(dim=1)
+    sizes = counts.tolist()
     starts = [0]
-    for c in counts:
+    for c in sizes:
         starts.append(starts[-1] + c)
-    return torch.cat(in_rows), torch.cat(out_rows), starts
+    flat = hit.flatten()
+    slot = torch.where(flat, torch.cumsum(flat, 0) - 1, starts[-1])  # pairs to their slot, the rest to a spare one
+    rows = torch.arange(hit.shape[1], device=hit.device).expand_as(hit).flatten()
+    out = torch.empty(starts[-1] + 1, dtype=torch.long, device=hit.device)
+    found_rows = out.clone().scatter_(0, slot, found.flatten())[:-1]
+    n_rows = out.scatter_(0, slot, rows)[:-1]
+    return found_rows, n_rows, starts
 
 
 def build_submanifold_map(batch_index: torch.Tensor, grid_coords: torch.Tensor, kernel_size) -> KernelMap:
-    """Kernel map of a submanifold conv (odd kernel): output rows = input rows."""
+    """Kernel map of a submanifold conv (odd kernel): output rows = input rows. All offsets are looked up at once
+    (``[K, N]``): one host sync per map."""
     if any(k % 2 == 0 for k in kernel_size):
         raise ValueError(f"submanifold convolution needs an odd kernel size, got {tuple(kernel_size)}")
     n = grid_coords.shape[0]
@@ -130,42 +143,34 @@ def build_submanifold_map(batch_index: torch.Tensor, grid_coords: torch.Tensor, 
     if all(k == 1 for k in kernel_size):  # a 1x1x1 conv is a per-voxel linear map
         return KernelMap(rows, rows, [0, n], n, 0, batch_index, grid_coords, batch_index, grid_coords, n)
     table = VoxelHash(batch_index, grid_coords)
-    centre = torch.tensor([k // 2 for k in kernel_size], device=grid_coords.device)
-    offsets = _kernel_offsets(kernel_size, grid_coords.device) - centre
-    ins, outs, identity = [], [], None
-    for k, off in enumerate(offsets):
-        if not off.any():
-            identity = k
-            ins.append(rows)
-            outs.append(rows)
-            continue
-        found = table.lookup(batch_index, grid_coords + off)
-        hit = found >= 0
-        ins.append(found[hit])
-        outs.append(rows[hit])
-    in_rows, out_rows, starts = _group_pairs(ins, outs)
+    centre = [k // 2 for k in kernel_size]
+    offsets = _kernel_offsets(kernel_size, grid_coords.device) - torch.tensor(centre, device=grid_coords.device)
+    identity = math.prod(kernel_size) // 2  # the centre offset, (c, c, c) in row-major order
+    num_offsets = offsets.shape[0]
+    query = (grid_coords[None] + offsets[:, None]).reshape(-1, 3)  # [K * N, 3]
+    found = table.lookup(batch_index.repeat(num_offsets), query).view(num_offsets, n)
+    found[identity] = rows  # every row is its own centre neighbour (a duplicate cell's lookup finds its first copy)
+    in_rows, out_rows, starts = _pairs_by_offset(found >= 0, found)
     return KernelMap(in_rows, out_rows, starts, n, identity, batch_index, grid_coords, batch_index, grid_coords, n)
 
 
 def build_strided_map(batch_index, grid_coords, kernel_size, stride, padding) -> KernelMap:
-    """Kernel map of a strided (down-sampling) conv: outputs are the cells ``o`` with ``o * s - p + k = i``."""
+    """Kernel map of a strided (down-sampling) conv: outputs are the cells ``o`` with ``o * s - p + k = i``. Two host
+    syncs: the pair counts and the number of outputs (unique)."""
     device = grid_coords.device
     s = torch.tensor(stride, device=device)
     offsets = _kernel_offsets(kernel_size, device)
     num = grid_coords[None] + torch.tensor(padding, device=device) - offsets[:, None]  # [K, N, 3]
     ok = ((num % s) == 0).all(-1) & (num >= 0).all(-1)  # [K, N]
     out_cells = torch.div(num, s, rounding_mode="floor")
-    k_idx, in_idx = ok.nonzero(as_tuple=True)  # sorted by k, then by input row
+    k_all = torch.arange(offsets.shape[0], device=device)[:, None].expand_as(ok)
+    k_idx, in_idx, starts = _pairs_by_offset(ok, k_all)  # sorted by k, then by input row
     cand_batch = batch_index[in_idx]
     cand_grid = out_cells[k_idx, in_idx]
     keys = pack_voxel_keys(cand_batch, cand_grid)
     uniq, out_idx = torch.unique(keys, sorted=True, return_inverse=True)
     first = torch.full((uniq.numel(),), keys.numel(), dtype=torch.long, device=device)
     first.scatter_reduce_(0, out_idx, torch.arange(keys.numel(), device=device), reduce="amin")
-    counts = torch.bincount(k_idx, minlength=offsets.shape[0]).tolist()
-    starts = [0]
-    for c in counts:
-        starts.append(starts[-1] + c)
     return KernelMap(
         in_idx, out_idx, starts, uniq.numel(), None,
         cand_batch[first], cand_grid[first], batch_index, grid_coords, grid_coords.shape[0],
@@ -215,6 +220,8 @@ class SparseVoxels:
         kernel_maps: cache of kernel maps by ``indice_key`` (shared by every tensor on the same voxels, and with the
             strided/inverse pairs of a U-Net). Reset it (``append``/``index_select`` do) when the voxel set changes.
         spatial_shape: per-axis grid extent for spconv (``max(grid) + 96``); None lets the first conv compute it.
+        grid_max: the per-axis largest cell ``grid_coords.max(0)`` when the host knows it (read with other values
+            by whoever built the voxels): spconv's ``spatial_shape`` then comes from it without a host sync.
     """
 
     features: torch.Tensor
@@ -225,6 +232,7 @@ class SparseVoxels:
     backend: str = "torch"
     kernel_maps: dict = field(default_factory=dict)
     spatial_shape: list[int] | None = None
+    grid_max: list[int] | None = None
 
     @property
     def num_voxels(self) -> int:
@@ -259,10 +267,17 @@ class SparseVoxels:
             raise ValueError(f"`grid_coords` must be an int64 tensor of shape [{m}, 3], got {tuple(grid_coords.shape)}")
         if batch_index.shape != (m,):
             raise ValueError(f"`batch_index` must have shape [{m}], got {tuple(batch_index.shape)}")
-        if m and (grid_coords.min() < 0 or grid_coords.max() >= MAX_GRID_COORD):
-            raise ValueError(f"`grid_coords` must lie in [0, {MAX_GRID_COORD}) (cells of the scene's grid)")
-        if m and (batch_index.min() < 0 or batch_index.max() >= self.batch_size):
-            raise ValueError(f"`batch_index` must lie in [0, {self.batch_size})")
+        grid_max = self.grid_max
+        if m:  # both ranges, and the new cells' per-axis maximum (for the union's grid_max), in one host read
+            grid_ok = (grid_coords.min() >= 0) & (grid_coords.max() < MAX_GRID_COORD)
+            batch_ok = (batch_index.min() >= 0) & (batch_index.max() < self.batch_size)
+            flags = torch.cat([torch.stack([grid_ok, batch_ok]).long(), grid_coords.amax(0)])
+            grid_ok, batch_ok, *new_max = flags.tolist()
+            if not grid_ok:
+                raise ValueError(f"`grid_coords` must lie in [0, {MAX_GRID_COORD}) (cells of the scene's grid)")
+            if not batch_ok:
+                raise ValueError(f"`batch_index` must lie in [0, {self.batch_size})")
+            grid_max = None if grid_max is None else [max(a, b) for a, b in zip(grid_max, new_max)]
         new_coords = None
         if self.coords is not None:
             if coords is None or coords.shape != (m, 3):
@@ -272,14 +287,16 @@ class SparseVoxels:
             torch.cat([self.features, features.to(self.features.dtype)]),
             torch.cat([self.grid_coords, grid_coords]),
             torch.cat([self.batch_index, batch_index.long()]),
-            new_coords, self.batch_size, self.backend, {}, None,
+            new_coords, self.batch_size, self.backend, {}, None, grid_max,
         )  # fmt: skip
 
-    def index_select(self, rows: torch.Tensor) -> SparseVoxels:
-        """The voxels ``rows`` (a permutation or a subset), with a fresh kernel-map cache."""
+    def index_select(self, rows: torch.Tensor, permutation: bool = False) -> SparseVoxels:
+        """The voxels ``rows`` (a permutation or a subset), with a fresh kernel-map cache. ``permutation=True`` says
+        that ``rows`` holds every row once (``grid_max`` is then kept)."""
         return SparseVoxels(
             self.features[rows], self.grid_coords[rows], self.batch_index[rows],
             None if self.coords is None else self.coords[rows], self.batch_size, self.backend, {}, None,
+            self.grid_max if permutation else None,
         )  # fmt: skip
 
     # -- spconv interop ------------------------------------------------------------------------------------------
@@ -287,7 +304,9 @@ class SparseVoxels:
         import spconv.pytorch as spconv
 
         indices = torch.cat([self.batch_index[:, None], self.grid_coords], dim=1).int()
-        if self.spatial_shape is None:
+        if self.spatial_shape is None and self.grid_max is not None:
+            self.spatial_shape = [m + 96 for m in self.grid_max]
+        elif self.spatial_shape is None:  # a host sync
             self.spatial_shape = (self.grid_coords.max(0).values + 96).tolist() if self.num_voxels else [96, 96, 96]
         return spconv.SparseConvTensor(
             self.features, indices, self.spatial_shape, self.batch_size, indice_dict=self.kernel_maps

@@ -47,8 +47,13 @@ def offsets_to_batch_index(offsets: torch.Tensor, num_points: int) -> torch.Tens
     return torch.repeat_interleave(torch.arange(offsets.numel(), device=offsets.device), counts, output_size=num_points)
 
 
-def check_packed_points(coords: torch.Tensor, features: torch.Tensor | None, offsets: torch.Tensor) -> None:
-    """Validate packed inputs; raise ValueError naming the field and the expected shape."""
+def check_packed_points(
+    coords: torch.Tensor, features: torch.Tensor | None, offsets: torch.Tensor, grid_size: float | None = None
+) -> list[int] | None:
+    """Validate packed inputs; raise ValueError naming the field and the expected shape. With ``grid_size``, also
+    that no scene spans ``MAX_GRID_COORD`` voxels or more along an axis (what :func:`voxelize` can key), and return
+    the per-axis largest cell of :func:`voxelize`'s grid (``grid_coords.max(0)``, read in the same host sync; None
+    while compiling or without ``grid_size``)."""
     if not isinstance(coords, torch.Tensor) or coords.ndim != 2 or coords.shape[1] != 3:
         shape = tuple(coords.shape) if isinstance(coords, torch.Tensor) else type(coords).__name__
         raise ValueError(f"`coords` must be a float tensor of shape [P, 3] (xyz in metres), got {shape}")
@@ -65,17 +70,27 @@ def check_packed_points(coords: torch.Tensor, features: torch.Tensor | None, off
     ):
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
         raise ValueError(f"`features` must have shape [P, C] with P = {coords.shape[0]} (as coords), got {shape}")
-    # the value checks (finite, increasing offsets) need the data: eager calls run them, torch.compile / export skip
-    # them. All of them are reduced on the device into one flag, read once (one host sync instead of four); only a
-    # failing batch goes through them one by one, for the message.
+    if grid_size is not None and not grid_size > 0:
+        raise ValueError(f"`grid_size` must be positive, got {grid_size}")
+    # the value checks (finite, increasing offsets, the grid's extent) need the data: eager calls run them,
+    # torch.compile / export skip them. All of them are reduced on the device into one flag, read once (one host
+    # sync); only a failing batch goes through them one by one, for the message.
     if torch.compiler.is_compiling():
-        return
+        return None
     counts = torch.diff(offsets, prepend=offsets.new_zeros(1))
     ok = torch.isfinite(coords).all() & (counts > 0).all() & (offsets[-1] == coords.shape[0])
     if features is not None:
         ok = ok & torch.isfinite(features).all()
-    if bool(ok):
-        return
+    if grid_size is None:
+        if bool(ok):
+            return None
+    else:
+        axis_max = _largest_grid_coords(coords, offsets, grid_size)  # [3]; garbage (but no error) for bad inputs
+        grid_max = axis_max.max()
+        ok = ok & (grid_max < MAX_GRID_COORD)
+        ok, *largest = torch.cat([ok[None].long(), axis_max.long()]).tolist()
+        if ok:
+            return largest
     if not torch.isfinite(coords).all():
         raise ValueError("`coords` contains NaN or infinite values")
     if (counts <= 0).any():
@@ -85,7 +100,23 @@ def check_packed_points(coords: torch.Tensor, features: torch.Tensor | None, off
         )
     if int(offsets[-1]) != coords.shape[0]:
         raise ValueError(f"`offsets[-1]` must equal the number of points P = {coords.shape[0]}, got {int(offsets[-1])}")
-    raise ValueError("`features` contains NaN or infinite values")
+    if features is not None and not torch.isfinite(features).all():
+        raise ValueError("`features` contains NaN or infinite values")
+    raise ValueError(
+        f"a scene spans {int(grid_max) + 1} voxels of {grid_size} m along an axis; at most {MAX_GRID_COORD} "
+        "are supported: increase `grid_size` or split the scene"
+    )
+
+
+def _largest_grid_coords(coords: torch.Tensor, offsets: torch.Tensor, grid_size: float) -> torch.Tensor:
+    """``[3]`` float: the per-axis largest cell ``floor((p - scene_min) / grid_size)`` of :func:`voxelize`'s grid, from
+    the per-scene extents (the floor of a quotient is monotone, so the largest cell is the one of the largest extent).
+    The scene of each point by search, which is defined for any offsets (this runs before they are known valid)."""
+    rows = torch.arange(coords.shape[0], device=coords.device, dtype=offsets.dtype)
+    batch = torch.searchsorted(offsets, rows, right=True).clamp_(max=offsets.numel() - 1)
+    lo = scene_minimum(coords, batch, offsets.numel())
+    hi = -scene_minimum(-coords, batch, offsets.numel())
+    return torch.floor((hi - lo) / grid_size).amax(0)
 
 
 def scene_minimum(coords: torch.Tensor, batch_index: torch.Tensor, num_scenes: int) -> torch.Tensor:
@@ -122,6 +153,7 @@ def voxelize(
     grid_size: float,
     random_representative: bool = False,
     generator: torch.Generator | None = None,
+    check_inputs: bool = True,
 ) -> Voxelization:
     """Grid-sample packed clouds.
 
@@ -131,26 +163,21 @@ def voxelize(
         grid_size: voxel edge (metres).
         random_representative: pick a uniformly random point per voxel (training) instead of the first one.
         generator: optional RNG for the random choice.
+        check_inputs: run :func:`check_packed_points` (with ``grid_size``: one host sync). False is for callers that
+            have run it with this ``grid_size`` themselves.
     Returns:
         a ``Voxelization`` with T voxels sorted by (scene, x, y, z).
     """
-    check_packed_points(coords, None, offsets)
-    if grid_size <= 0:
-        raise ValueError(f"`grid_size` must be positive, got {grid_size}")
+    if check_inputs:
+        check_packed_points(coords, None, offsets, grid_size)
     num_points = coords.shape[0]
     batch = offsets_to_batch_index(offsets, num_points)
     num_scenes = offsets.numel()
     scene_min = scene_minimum(coords, batch, num_scenes)
     grid = torch.floor((coords - scene_min[batch]) / grid_size).long()
-    too_wide = grid.max() >= MAX_GRID_COORD
     keys = pack_voxel_keys(batch, grid)
-    # unique waits for the device anyway (its size is data-dependent): the grid check is read after it, for free
+    # the number of voxels is data-dependent: unique waits for the device (the one sync of a checked voxelization)
     uniq, point_to_voxel, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
-    if too_wide:
-        raise ValueError(
-            f"a scene spans {int(grid.max()) + 1} voxels of {grid_size} m along an axis; at most {MAX_GRID_COORD} "
-            "are supported: increase `grid_size` or split the scene"
-        )
     num_voxels = uniq.numel()
     representative = voxel_representatives(point_to_voxel, num_voxels, random_representative, generator)
     sums = coords.new_zeros(num_voxels, 3).index_add_(0, point_to_voxel, coords)

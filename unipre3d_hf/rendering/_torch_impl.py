@@ -160,9 +160,10 @@ def _intersect_tiles(
     y1 = torch.clamp(torch.ceil((m[:, 1] + r[:, 1]) / tile_size), 0, tiles_y).long()
     span_x = (x1 - x0).clamp_min(0)
     counts = span_x * (y1 - y0).clamp_min(0)
-    owner = torch.repeat_interleave(torch.arange(flat.shape[0], device=flat.device), counts)
-    local = torch.arange(owner.shape[0], device=flat.device) - torch.repeat_interleave(
-        torch.cumsum(counts, 0) - counts, counts
+    num_pairs = int(counts.sum())  # read once for both expansions (each would read it again)
+    owner = torch.repeat_interleave(torch.arange(flat.shape[0], device=flat.device), counts, output_size=num_pairs)
+    local = torch.arange(num_pairs, device=flat.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts, output_size=num_pairs
     )
     col = x0[owner] + local % span_x[owner]
     row = y0[owner] + local // span_x[owner]
@@ -243,7 +244,10 @@ def rasterize_torch(
             means2d, proj["radii"].reshape(num_images, num_gauss, 2), depths,
             proj["valid"].reshape(num_images, num_gauss), tile_size, tiles_x, tiles_y,
         )  # fmt: skip
-        tile_counts = torch.bincount(tile_ids, minlength=num_images * tiles_per_image)
+        # a scatter, not bincount (whose CUDA kernel reads the maximum on the host)
+        tile_counts = tile_ids.new_zeros(num_images * tiles_per_image).index_add_(
+            0, tile_ids, torch.ones_like(tile_ids)
+        )
         tile_starts = torch.cumsum(tile_counts, 0) - tile_counts
         busy = tile_counts.nonzero().squeeze(1)
         busy = busy[torch.argsort(tile_counts[busy], descending=True)]  # similar lengths share a chunk

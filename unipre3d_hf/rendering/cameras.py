@@ -12,7 +12,9 @@ With ``cx = W / 2`` the optical axis hits the centre of the image, which is what
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -23,31 +25,53 @@ RIGID_TOLERANCE = 1e-4
 
 
 def _check_matrix_batch(name: str, value: Tensor, trailing: tuple[int, ...]) -> None:
+    """Type and shape of a ``[B, V, *trailing]`` float tensor (host only; the values: :func:`_check_finite`)."""
     if not isinstance(value, Tensor):
         raise ValueError(f"`{name}` must be a torch.Tensor of shape [B, V, {', '.join(map(str, trailing))}]")
     if value.dim() != 2 + len(trailing) or tuple(value.shape[2:]) != trailing:
         raise ValueError(f"`{name}` must have shape [B, V, {', '.join(map(str, trailing))}], got {tuple(value.shape)}")
     if not value.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {value.dtype}")
+
+
+def _check_finite(name: str, value: Tensor) -> None:
     if not torch.isfinite(value).all():
         index = tuple(torch.nonzero(~torch.isfinite(value))[0].tolist())
         raise ValueError(f"`{name}` contains NaN or Inf values (first at {list(index)}: {value[index].item()})")
 
 
-def check_rigid_transforms(name: str, matrix, atol: float | None = None) -> None:
-    """Raise ``ValueError`` unless every ``[..., 4, 4]`` matrix of ``matrix`` (tensor or array) is a rigid transform:
-    finite, last row ``[0, 0, 0, 1]``, rotation block orthonormal (``R^T R = I``) with determinant +1, each within
-    ``atol`` (default :data:`RIGID_TOLERANCE`, or 8 epsilons of a low-precision dtype). The message names ``name``,
-    the index of the first bad matrix, what is wrong and the matrix itself.
-    """
+def run_value_checks(checks: Sequence[tuple[Tensor, Callable[[], None]]]) -> None:
+    """Value checks of device tensors for one host sync: each check is ``(ok, check)``, a 0-dim bool tensor (True:
+    the values are fine) and the function that raises the ``ValueError`` naming the field. All flags are read with
+    one ``.tolist()``; only a failing check runs its function (which reads what its message needs: the error path
+    may sync). Each ``ok`` must be the very predicate its function tests, so that the function raises."""
+    if not checks:
+        return
+    device = checks[0][0].device
+    flags = torch.stack([ok.to(device) for ok, _ in checks]).tolist()
+    for ok, (_, check) in zip(flags, checks):
+        if not ok:
+            check()
+
+
+def finite_ok(value: Tensor) -> Tensor:
+    """0-dim bool: every value of ``value`` is finite (the flag of :func:`_check_finite`)."""
+    return torch.isfinite(value).all()
+
+
+def _as_rigid_batch(name: str, matrix, atol: float | None) -> tuple[Tensor, Tensor, float]:
+    """``(matrix as a tensor, its [M, 4, 4] float64 copy, the tolerance)``; raises unless the shape is [..., 4, 4]."""
     m = torch.as_tensor(matrix)
     if m.dim() < 2 or tuple(m.shape[-2:]) != (4, 4):
         raise ValueError(f"`{name}` must have shape [..., 4, 4], got {tuple(m.shape)}")
     if atol is None:
         atol = max(RIGID_TOLERANCE, 8 * torch.finfo(m.dtype).eps) if m.is_floating_point() else RIGID_TOLERANCE
-    flat = m.detach().reshape(-1, 4, 4).to(torch.float64)
-    if flat.shape[0] == 0:
-        return
+    return m, m.detach().reshape(-1, 4, 4).to(torch.float64), atol
+
+
+def _rigid_defects(flat: Tensor, atol: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Of ``[M, 4, 4]`` float64 matrices: ``finite [M]``, ``bottom_err [M]``, ``ortho_err [M]``, ``det [M]`` and
+    ``bad [M]`` (any defect), all on the device."""
     finite = torch.isfinite(flat).flatten(1).all(1)
     safe = torch.where(finite[:, None, None], flat, torch.eye(4, dtype=flat.dtype, device=flat.device))
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=flat.dtype, device=flat.device)
@@ -57,6 +81,25 @@ def check_rigid_transforms(name: str, matrix, atol: float | None = None) -> None
     ortho_err = (rot.transpose(-1, -2) @ rot - eye).abs().amax((-1, -2))
     det = (rot[:, 0] * torch.cross(rot[:, 1], rot[:, 2], dim=-1)).sum(-1)
     bad = ~finite | (bottom_err > atol) | (ortho_err > atol) | (det <= 0)
+    return finite, bottom_err, ortho_err, det, bad
+
+
+def rigid_transforms_ok(name: str, matrix: Tensor, atol: float | None = None) -> Tensor:
+    """0-dim bool on the device: :func:`check_rigid_transforms` would pass (no host sync; a bad shape raises now)."""
+    _, flat, atol = _as_rigid_batch(name, matrix, atol)
+    return ~_rigid_defects(flat, atol)[-1].any()
+
+
+def check_rigid_transforms(name: str, matrix, atol: float | None = None) -> None:
+    """Raise ``ValueError`` unless every ``[..., 4, 4]`` matrix of ``matrix`` (tensor or array) is a rigid transform:
+    finite, last row ``[0, 0, 0, 1]``, rotation block orthonormal (``R^T R = I``) with determinant +1, each within
+    ``atol`` (default :data:`RIGID_TOLERANCE`, or 8 epsilons of a low-precision dtype). The message names ``name``,
+    the index of the first bad matrix, what is wrong and the matrix itself.
+    """
+    m, flat, atol = _as_rigid_batch(name, matrix, atol)
+    if flat.shape[0] == 0:
+        return
+    finite, bottom_err, ortho_err, det, bad = _rigid_defects(flat, atol)
     if not bad.any():
         return
     i = int(torch.nonzero(bad)[0])
@@ -74,8 +117,15 @@ def check_rigid_transforms(name: str, matrix, atol: float | None = None) -> None
     raise ValueError(f"`{name}`{index} is not a rigid transform: {why}; the matrix is {values}")
 
 
-def _check_intrinsics_values(name: str, intrinsics: Tensor) -> None:
-    """fx, fy > 0 (finite values are checked with the shape); the message names the first bad view and its values."""
+def intrinsics_ok(intrinsics: Tensor) -> Tensor:
+    """0-dim bool: ``(fx, fy, cx, cy)`` ``[..., 4]`` all finite with fx, fy > 0 (the flag of
+    :func:`check_intrinsics`)."""
+    return torch.isfinite(intrinsics).all() & (intrinsics[..., :2] > 0).all()
+
+
+def check_intrinsics(name: str, intrinsics: Tensor) -> None:
+    """Finite values and fx, fy > 0; the message names the first bad view and its values."""
+    _check_finite(name, intrinsics)
     bad = ~(intrinsics[..., :2] > 0).all(-1)
     if bad.any():
         index = tuple(torch.nonzero(bad)[0].tolist())
@@ -128,11 +178,14 @@ class Cameras:
     height: int
     near: float = 0.01
     far: float = 1e10
-    # set by the constructors that have already checked the poses they invert (the inverse of a rigid transform is
-    # rigid): the same matrices are not checked twice, each check being a host sync
-    _rigid_checked: InitVar[bool] = False
+    # set by the constructors: `_pose_checks`, the value checks of the poses that `world_to_camera` is the inverse of
+    # (under the caller's names; they replace world_to_camera's own finite and rigid checks, the inverse of a finite
+    # rigid transform being one); `_values_checked`, the caller has checked every value. All value checks of one
+    # construction are read in one host sync (`run_value_checks`).
+    _pose_checks: InitVar[tuple | None] = None
+    _values_checked: InitVar[bool] = False
 
-    def __post_init__(self, _rigid_checked: bool = False) -> None:
+    def __post_init__(self, _pose_checks: tuple | None = None, _values_checked: bool = False) -> None:
         self.intrinsics = _as_intrinsics_vector(self.intrinsics)
         _check_matrix_batch("world_to_camera", self.world_to_camera, (4, 4))
         _check_matrix_batch("intrinsics", self.intrinsics, (4,))
@@ -145,9 +198,22 @@ class Cameras:
             raise ValueError(
                 f"`intrinsics` is on {self.intrinsics.device} but `world_to_camera` is on {self.world_to_camera.device}"
             )
-        _check_intrinsics_values("intrinsics", self.intrinsics)
-        if not _rigid_checked:
-            check_rigid_transforms("world_to_camera", self.world_to_camera)
+        if not _values_checked:
+            w2c = self.world_to_camera
+            pose_checks = _pose_checks
+            if pose_checks is None:
+                pose_checks = (
+                    (finite_ok(w2c), partial(_check_finite, "world_to_camera", w2c)),
+                    (
+                        rigid_transforms_ok("world_to_camera", w2c),
+                        partial(check_rigid_transforms, "world_to_camera", w2c),
+                    ),
+                )
+            intrinsics_check = (
+                intrinsics_ok(self.intrinsics),
+                partial(check_intrinsics, "intrinsics", self.intrinsics),
+            )
+            run_value_checks([*pose_checks, intrinsics_check])
         for name in ("width", "height"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -165,17 +231,26 @@ class Cameras:
         height: int,
         near: float = 0.01,
         far: float = 1e10,
-        check_rigid: bool = True,
+        check_values: bool = True,
     ) -> Cameras:
         """Build from camera-to-world poses ``[B, V, 4, 4]`` (OpenCV axes, e.g. ScanNet's ``pose/*.txt``).
 
-        ``intrinsics`` is ``[B, V, 4]`` (fx, fy, cx, cy) or ``[B, V, 3, 3]`` K matrices. ``check_rigid=False`` is for
-        callers that have run :func:`check_rigid_transforms` on these poses themselves (under their own name).
+        ``intrinsics`` is ``[B, V, 4]`` (fx, fy, cx, cy) or ``[B, V, 3, 3]`` K matrices. The poses must be finite
+        rigid transforms (the inverse below assumes it) and the focal lengths positive: checked in one host sync.
+        ``check_values=False`` is for callers that have checked these values themselves (under their own names).
         """
         _check_matrix_batch("camera_to_world", camera_to_world, (4, 4))
-        if check_rigid:
-            check_rigid_transforms("camera_to_world", camera_to_world)  # the inverse below assumes a rigid transform
-        return cls(_rigid_inverse(camera_to_world), intrinsics, width, height, near, far, _rigid_checked=True)
+        pose_checks = (
+            (finite_ok(camera_to_world), partial(_check_finite, "camera_to_world", camera_to_world)),
+            (
+                rigid_transforms_ok("camera_to_world", camera_to_world),
+                partial(check_rigid_transforms, "camera_to_world", camera_to_world),
+            ),
+        )
+        return cls(
+            _rigid_inverse(camera_to_world), intrinsics, width, height, near, far,
+            _pose_checks=pose_checks if check_values else (), _values_checked=not check_values,
+        )  # fmt: skip
 
     @classmethod
     def from_fov(
@@ -223,7 +298,11 @@ class Cameras:
                 image centre, as 3DGS assumes.
         """
         _check_matrix_batch("world_view_transform", world_view_transform, (4, 4))
-        check_rigid_transforms("world_view_transform (transposed)", world_view_transform.transpose(-1, -2))
+        name, w2c = "world_view_transform (transposed)", world_view_transform.transpose(-1, -2)
+        pose_checks = (
+            (finite_ok(world_view_transform), partial(_check_finite, "world_view_transform", world_view_transform)),
+            (rigid_transforms_ok(name, w2c), partial(check_rigid_transforms, name, w2c)),
+        )
         ref = world_view_transform
         tx = torch.as_tensor(tanfovx, dtype=ref.dtype, device=ref.device).expand(ref.shape[:2])
         ty = torch.as_tensor(tanfovy, dtype=ref.dtype, device=ref.device).expand(ref.shape[:2])
@@ -233,7 +312,7 @@ class Cameras:
         )
         return cls(
             world_view_transform.transpose(-1, -2).contiguous(), intrinsics, width, height, near, far,
-            _rigid_checked=True,
+            _pose_checks=pose_checks,
         )  # fmt: skip
 
     # ---------------------------------------------------------------------------------------------------- views

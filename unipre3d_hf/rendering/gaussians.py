@@ -156,14 +156,22 @@ class Gaussians:
         if sh.dim() != 3 or sh.shape[0] != num or sh.shape[-1] != 3:
             raise ValueError(f"`sh` must have shape [{num}, K, 3] (packed), got {tuple(sh.shape)}")
         batch_index = batch_index.long()
-        if num and batch_index.min() < 0:
-            raise ValueError("`batch_index` must be non-negative")
-        if batch_size is None:
-            batch_size = int(batch_index.max()) + 1 if num else 0
-        elif num and int(batch_index.max()) >= batch_size:
-            raise ValueError(f"`batch_index` holds {int(batch_index.max())}, not < batch_size={batch_size}")
-        counts = torch.bincount(batch_index, minlength=batch_size)
-        max_count = int(counts.max()) if batch_size else 0
+        if batch_size is None:  # the number of samples (one host read more than with batch_size given)
+            batch_size = max(int(batch_index.max()), 0) + 1 if num else 0
+        # the padded size N_max is data-dependent: it is read with the range of batch_index, in one host sync. The
+        # counts are a scatter into batch_size bins, not bincount (whose CUDA kernel reads the maximum on the host),
+        # clamped so that a bad index reaches the checks
+        counts = torch.zeros(batch_size, dtype=torch.long, device=batch_index.device)
+        max_count = 0
+        if num:
+            if batch_size:
+                counts.index_add_(0, batch_index.clamp(0, batch_size - 1), torch.ones_like(batch_index))
+            largest = counts.max() if batch_size else counts.new_zeros(())
+            lo, hi, max_count = torch.stack([*torch.aminmax(batch_index), largest]).tolist()
+            if lo < 0:
+                raise ValueError("`batch_index` must be non-negative")
+            if hi >= batch_size:
+                raise ValueError(f"`batch_index` holds {hi}, not < batch_size={batch_size}")
         # position of each Gaussian within its sample, keeping the packed order (stable sort by sample)
         order = torch.sort(batch_index, stable=True).indices
         starts = torch.cumsum(counts, 0) - counts
