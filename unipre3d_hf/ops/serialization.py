@@ -35,6 +35,10 @@ def _check_grid(grid_coords: torch.Tensor, depth: int) -> None:
         raise ValueError(f"`grid_coords` must be an integer (int64) tensor, got {grid_coords.dtype}")
     if not 1 <= depth <= MAX_DEPTH:
         raise ValueError(f"`depth` must be in [1, {MAX_DEPTH}], got {depth}")
+    # the range check reads the data (a graph break and a host sync): eager calls run it, torch.compile skips it, as
+    # ops/voxelize.py does (PCM's compiled backbone builds its grids as floor(p / grid_size) - min, never negative)
+    if torch.compiler.is_compiling():
+        return
     if grid_coords.numel() and (grid_coords.min() < 0 or grid_coords.max() >= (1 << depth)):
         raise ValueError(f"`grid_coords` must lie in [0, 2^depth) = [0, {1 << depth}) for depth {depth}")
 
