@@ -229,7 +229,7 @@ class PretrainingTask(TrainingTask):
     def compile_model(self, model, mode, backend):
         """Object level, where every batch has the same shapes (B clouds of N points, fixed image sizes): compiles in
         place, each with ``mode`` / ``backend`` (``mode="reduce-overhead"``: CUDA graphs), the parts that trace as
-        one graph each on CPU (no graph break, no host sync; tests/models/test_compile.py):
+        one graph each on CPU (no graph break, hence no host sync in them; tests/models/test_compile.py):
 
         - the backbone, into which the fusion hook (feature lookup, z-buffer, Linear + ReLU) is traced;
         - the Gaussian head;
