@@ -39,9 +39,10 @@ OBJECT_KWARGS = {
 }
 
 # Mamba3D's and PCM's backward under aot_eager fails in torch 2.13 on CPU (a `view` of the gradient of MambaMixer's
-# in_proj output, whose runtime strides differ from the traced ones); under inductor Mamba3D is correct (2e-8 on
-# the mixer's input gradient) but takes ~450 s to compile on 2 cores, so their graphs run on dynamo's "eager"
-# backend (the captured graph, eager autograd)
+# in_proj output, whose runtime strides differ from the traced ones: the symptom of pytorch/pytorch#120035, open).
+# Inductor, the backend of real runs, gives the mixer's input gradient to 2e-8, but compiling the whole tiny Mamba3D
+# forward + backward takes ~450 s on 2 cores; so their graphs run on dynamo's "eager" backend (the captured graph
+# with eager autograd)
 BACKEND = {"mamba3d": "eager", "pcm": "eager"}
 
 
