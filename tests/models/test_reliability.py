@@ -172,23 +172,6 @@ def test_farthest_point_sample_under_inductor_equals_eager():
     assert torch.equal(compiled(points), gather_points(points, farthest_point_sample(points, 8)))
 
 
-# compiling PointMLP / Mamba3D / PCM takes 30-200 s of CPU each (their FPS and scan loops unroll), so only the point
-# Transformer runs by default; UNIPRE3D_SLOW_TESTS=1 runs all four
-SLOW = pytest.mark.skipif(not os.environ.get("UNIPRE3D_SLOW_TESTS"), reason="slow: set UNIPRE3D_SLOW_TESTS=1")
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=() if n == "point_transformer" else SLOW) for n in OBJECT]
-)  # fmt: skip
-def test_compiled_object_backbone_equals_eager(name):
-    model = build(name).eval()
-    points = make_points(3, 32)
-    with torch.no_grad():
-        eager = model(points).last_hidden_state
-        compiled = torch.compile(model, backend="aot_eager")(points).last_hidden_state
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
-
-
 def test_value_checks_do_not_block_fullgraph_compile():
     points = make_points(1, 16)
     checked = torch.compile(lambda p: (check_point_batch(p, None), p * 2)[1], fullgraph=True, backend="eager")

@@ -35,7 +35,9 @@ def _check_grid(grid_coords: torch.Tensor, depth: int, check_range: bool = True)
         raise ValueError(f"`grid_coords` must be an integer (int64) tensor, got {grid_coords.dtype}")
     if not 1 <= depth <= MAX_DEPTH:
         raise ValueError(f"`depth` must be in [1, {MAX_DEPTH}], got {depth}")
-    if check_range:
+    # the range check reads the data (a graph break and a host sync): eager calls run it, torch.compile skips it, as
+    # ops/voxelize.py does (PCM's compiled backbone builds its grids as floor(p / grid_size) - min, never negative)
+    if check_range and not torch.compiler.is_compiling():
         check_grid_range(grid_coords, depth)
 
 

@@ -227,14 +227,26 @@ class PretrainingTask(TrainingTask):
         return model
 
     def compile_model(self, model, mode, backend):
-        """Object level: compiles the backbone in place (``backbone.compile``), whose shapes are fixed by the batch
-        (B clouds of N points); the renderer, image encoder and losses stay eager. Scene level: nothing is compiled
-        (every batch has its own number of voxels and spconv's kernels are opaque to the compiler): a warning says
-        so."""
-        if self.level == "object":
-            model.backbone.compile(mode=mode, backend=backend)
-        else:
+        """Object level, where every batch has the same shapes (B clouds of N points, fixed image sizes): compiles in
+        place, each with ``mode`` / ``backend`` (``mode="reduce-overhead"``: CUDA graphs), the parts that trace as
+        one graph each on CPU (no graph break, hence no host sync in them; tests/models/test_compile.py):
+
+        - the backbone, into which the fusion hook (feature lookup, z-buffer, Linear + ReLU) is traced;
+        - the Gaussian head;
+        - the image encoder (the frozen SD VAE: its feature pass, see ``SDVAEImageEncoder.compile``) and projection.
+
+        The input checks, cameras, renderer and losses stay eager (the torch renderer's tiles have data-dependent
+        sizes, gsplat is an extension). On CUDA, mamba-ssm's selective scan is an opaque autograd.Function: Mamba3D
+        and PCM then break their backbone graph there. Scene level: nothing is compiled (every batch has its own
+        number of voxels, and the voxel hashing, rulebooks and patch layouts read it back): a warning says so."""
+        if self.level != "object":
             logger.warning("torch_compile: scene backbones are not compiled (their shapes change with every batch)")
+            return model
+        parts = [model.backbone, model.gaussian_head]
+        if model.image_encoder is not None:
+            parts += [model.image_encoder, model.image_projection]
+        for part in parts:
+            part.compile(mode=mode, backend=backend)
         return model
 
     def _load_data(self) -> None:
