@@ -176,15 +176,20 @@ def count_forward(model, points, backward: bool = False, by_line: bool = False) 
 
 
 def host_ms(model, points, repeats: int = 7) -> float:
-    """Median wall milliseconds of one forward + backward (kernel time ~0 at a tiny size: the Python / dispatcher
-    cost the host spends issuing the step)."""
+    """Median CPU milliseconds of one forward + backward on one thread (kernel time ~0 at a tiny size: the Python /
+    dispatcher cost the host spends issuing the step; process time, so that other jobs on the machine count less)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     times = []
-    for _ in range(repeats + 1):
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        out = model(points)
-        (out.last_hidden_state.sum() + out.pooler_output.sum()).backward()
-        times.append(time.perf_counter() - start)
+    try:
+        for _ in range(repeats + 1):
+            model.zero_grad(set_to_none=True)
+            start = time.process_time()
+            out = model(points)
+            (out.last_hidden_state.sum() + out.pooler_output.sum()).backward()
+            times.append(time.process_time() - start)
+    finally:
+        torch.set_num_threads(threads)
     return 1e3 * statistics.median(times[1:])
 
 
@@ -198,7 +203,7 @@ def measure_op_counts(names=None, batch: int = 2, top: int = 25) -> None:
         fwd = count_forward(model, points).total
         both = count_forward(model, points, backward=True, by_line=True)
         tiny = _build(name, tiny=True).train()
-        ms = host_ms(tiny, make_points(1, 64 if name != "PointMLP" and name != "PCM" else 256))
+        ms = host_ms(tiny, _tiny_points(name))
         print(f"\n{name}: forward {fwd} ops, forward + backward {both.total} ops, tiny fwd + bwd host {ms:.1f} ms")
         for line, n in both.by_line.most_common(top):
             print(f"  {n:6d}  {line}")
