@@ -264,7 +264,7 @@ class LocalGrouper(nn.Module):
         center = anchor.unsqueeze(2) if self.normalize == "anchor" else grouped.mean(dim=2, keepdim=True)
         rel = grouped - center
         std = rel.reshape(B, -1).std(dim=-1).view(B, 1, 1, 1)
-        rel = torch.addcmul(self.affine_beta, self.affine_alpha, rel / (std + 1e-5))
+        rel = self.affine_alpha * (rel / (std + 1e-5)) + self.affine_beta
         out = torch.cat([rel, new_features.unsqueeze(2).expand(-1, -1, self.k, -1)], dim=-1)
         return new_xyz, out, idx
 

@@ -60,7 +60,8 @@ class LocalNormPooling(nn.Module):
         else:
             std = rel.reshape(B, -1).std(dim=-1).view(B, 1, 1, 1)
         x = torch.cat([rel / (std + 1e-5), tokens.unsqueeze(2).expand(-1, -1, self.k, -1)], dim=-1)
-        x = torch.addcmul(self.affine_beta, self.affine_alpha, x)
+        # mul + add, not addcmul: addcmul's backward costs two more multiplications (by its `value`)
+        x = self.affine_alpha * x + self.affine_beta
         x = (x * x.softmax(dim=2)).sum(dim=2)  # K_Pool
         # the 1x1 Conv1d as a linear map on the channels-last tokens (one matmul, no transposed copies)
         return self.act(F.linear(self.norm(x), self.proj.weight.squeeze(-1), self.proj.bias))
