@@ -64,3 +64,27 @@ def test_legacy_flags():
 def test_bad_scan_backend_is_rejected():
     with pytest.raises(ValueError, match="selective_scan_backend"):
         Mamba3DConfig(selective_scan_backend="cuda-magic")
+
+
+def test_mixer_equals_the_channels_last_mamba_formula():
+    # mamba-ssm's Mamba.forward (slow path) with the channel-flip branch, written out channels-last: the mixer's
+    # channels-first batched projections must compute the same function
+    import torch.nn.functional as F
+
+    from unipre3d_hf.modeling.layers import MambaMixer
+    from unipre3d_hf.ops.selective_scan import selective_scan_torch
+
+    torch.manual_seed(0)
+    mixer = MambaMixer(16, d_state=4, dt_rank=2, bidirectional="channel_flip", scan_backend="torch").double()
+    hidden = torch.randn(2, 9, 16, dtype=torch.float64)
+
+    def branch(xz, conv1d, x_proj, dt_proj, A_log, D):
+        x, z = xz.chunk(2, dim=1)
+        x = F.silu(F.conv1d(x, conv1d.weight, conv1d.bias, padding=3, groups=x.shape[1])[..., :9])
+        dt, B, C = x_proj(x.transpose(1, 2)).split([2, 4, 4], dim=-1)
+        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
+        return selective_scan_torch(x, delta, -A_log.exp(), B.mT, C.mT, D, z, dt_proj.bias, delta_softplus=True)
+
+    xz = mixer.in_proj(hidden).transpose(1, 2)
+    y = branch(xz, *list(mixer._branches())[0]) + branch(xz.flip(1), *list(mixer._branches())[1]).flip(1)
+    torch.testing.assert_close(mixer(hidden), mixer.out_proj(y.transpose(1, 2)), rtol=1e-12, atol=1e-12)

@@ -115,8 +115,9 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask / keep
+    # the survivors' scale goes into the small [B, 1, ..] mask: one op on the activations instead of two
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+    return x * mask
 
 
 class DropPath(nn.Module):
@@ -436,15 +437,19 @@ class MambaMixer(nn.Module):
         x, z = xz.chunk(2, dim=1)  # [B, d_inner, L] each
         conv_backend = "torch" if self.scan_backend == "torch" else "auto"
         x = causal_conv1d(x, conv1d.weight.squeeze(1), conv1d.bias, activation="silu", backend=conv_backend)
-        x_dbl = x_proj(x.transpose(1, 2))  # [B, L, dt_rank + 2N]
-        dt, B_ssm, C_ssm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ dt_proj.weight.t()).transpose(1, 2)  # [B, d_inner, L]; the bias is added inside the scan
+        # The projections run channels-first (a batched matmul with the weight broadcast over the batch), so that
+        # x needs no transposed copy and B, C, dt come out with the time axis innermost, as the scan kernel reads them
+        # (mamba-ssm copies any input whose last stride is not 1).
+        batch = x.shape[0]
+        x_dbl = torch.bmm(x_proj.weight.expand(batch, -1, -1), x)  # [B, dt_rank + 2N, L]
+        dt, B_ssm, C_ssm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt = torch.bmm(dt_proj.weight.expand(batch, -1, -1), dt)  # [B, d_inner, L]; the bias is added in the scan
         return selective_scan(
             x,
             dt,
             -torch.exp(A_log.float()),
-            B_ssm.transpose(1, 2).contiguous(),  # [B, N, L]
-            C_ssm.transpose(1, 2).contiguous(),
+            B_ssm,  # [B, N, L]
+            C_ssm,
             D.float(),
             z=z,
             delta_bias=dt_proj.bias.float(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -59,10 +60,11 @@ class LocalNormPooling(nn.Module):
         else:
             std = rel.reshape(B, -1).std(dim=-1).view(B, 1, 1, 1)
         x = torch.cat([rel / (std + 1e-5), tokens.unsqueeze(2).expand(-1, -1, self.k, -1)], dim=-1)
+        # mul + add, not addcmul: addcmul's backward costs two more multiplications (by its `value`)
         x = self.affine_alpha * x + self.affine_beta
         x = (x * x.softmax(dim=2)).sum(dim=2)  # K_Pool
-        x = self.proj(self.norm(x).transpose(1, 2)).transpose(1, 2)
-        return self.act(x)
+        # the 1x1 Conv1d as a linear map on the channels-last tokens (one matmul, no transposed copies)
+        return self.act(F.linear(self.norm(x), self.proj.weight.squeeze(-1), self.proj.bias))
 
 
 class Mamba3DBlock(GradientCheckpointingLayer):

@@ -193,6 +193,10 @@ class PCMModel(PCMPreTrainedModel):
         config = self.config
         P = config.prompts_per_order
         current = None
+        if config.use_order_prompt:
+            # the order prompts of all the stage's layers in one projection ([layers * P, C])
+            n = len(self.mamba_stages[i])
+            prompts = self.prompt_projs[i](self.order_prompt.weight[layer0 * P : (layer0 + n) * P])
         for j, layer in enumerate(self.mamba_stages[i]):
             order = config.mamba_orders[layer0 + j]
             if order != current and config.legacy_axis_orders:
@@ -208,9 +212,7 @@ class PCMModel(PCMPreTrainedModel):
             if config.mamba_pos:
                 x = x + self.pos_projs[i](xyz)
             if config.use_order_prompt:
-                k = layer0 + j
-                prompt = self.prompt_projs[i](self.order_prompt.weight[k * P : (k + 1) * P])
-                prompt = prompt.unsqueeze(0).expand(x.shape[0], -1, -1)
+                prompt = prompts[j * P : (j + 1) * P].unsqueeze(0).expand(x.shape[0], -1, -1)
                 x = torch.cat([prompt, x, prompt], dim=1)
                 if residual is not None:
                     residual = torch.cat([prompt.to(residual.dtype), residual, prompt.to(residual.dtype)], dim=1)
