@@ -25,6 +25,7 @@ from tests.models.scene_backbone_checks import two_scenes
 from tests.models.test_pretraining import OBJECT_BACKBONES, SCENE_BACKBONES
 from unipre3d_hf import AutoModelForPointCloudClassification, AutoModelForPointCloudSegmentation
 from unipre3d_hf.hub import CARD_MARKER, HUB_NAMES, add_to_hf_cache, export_for_hub
+from unipre3d_hf.testing_utils import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CARDS = ROOT / "hub_cards"
@@ -116,11 +117,7 @@ def pretraining_run(tmp_path: Path) -> Path:
 
 
 def test_export_of_a_pretraining_run_fills_the_card_with_its_own_numbers(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("export_hub_script", ROOT / "scripts" / "export_hub.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("export_hub")
     run = pretraining_run(tmp_path)
     # the run's backbone/ given directly (the Quick start's command): the run's numbers are found all the same
     argv = ["--model_dir", str(run / "backbone"), "--output_dir", str(tmp_path / "hub"), "--repo_id", "me/demo"]

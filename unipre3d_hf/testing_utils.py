@@ -21,6 +21,23 @@ def write_report(row: dict) -> dict:
     return row
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` of the source checkout imported as the module ``<name>_script`` (registered in
+    ``sys.modules``, which dataclasses and pickling by reference need), for tests of the scripts' own code."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"load_script: no script {path} (the scripts live in the source checkout only)")
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _cuda_available() -> bool:
     try:
         import torch

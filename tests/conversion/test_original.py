@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from unipre3d_hf.conversion.original import (
     strip_prefix,
 )
 from unipre3d_hf.modeling.pretraining import UniPre3DForGaussianPretraining
+from unipre3d_hf.testing_utils import load_script
 
 from .helpers import layout, synthetic_checkpoint
 
@@ -28,12 +28,7 @@ def _strip(sd):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", os.path.join(REPO, "scripts", "convert_checkpoint.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("convert_checkpoint")
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))

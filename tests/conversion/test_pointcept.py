@@ -1,4 +1,3 @@
-import importlib.util
 import os
 
 import pytest
@@ -8,6 +7,7 @@ from transformers.initialization import no_init_weights
 from unipre3d_hf import PTv3Config, PTv3Model, SparseUNetConfig, SparseUNetModel
 from unipre3d_hf.conversion.original import CheckpointConversionError
 from unipre3d_hf.conversion.pointcept import export_pointcept_state_dict, import_pointcept_state_dict
+from unipre3d_hf.testing_utils import load_script
 
 from ..models.scene_backbone_checks import two_scenes
 from .helpers import layout
@@ -103,9 +103,7 @@ def test_sonata_and_foreign_state_dicts_are_refused_with_reasons():
 
 
 def test_script_exports_and_imports_pointcept_files(tmp_path):
-    spec = importlib.util.spec_from_file_location("cc", os.path.join(REPO, "scripts", "convert_checkpoint.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("convert_checkpoint")
     model = _tiny("sparse_unet").eval()
     model.save_pretrained(tmp_path / "ours")
     script.main(["--to", "pointcept", "--model_dir", str(tmp_path / "ours"), "--output_dir", str(tmp_path / "pc")])

@@ -1,7 +1,6 @@
 """Import of Pointcept PT-v3m2 / Sonata backbones: synthetic state dicts with the key names and shapes of Pointcept's
 ``point_transformer_v3m2_sonata.py`` / ``facebookresearch/sonata`` ``model.py``, written out here by hand."""
 
-import importlib.util
 import json
 import os
 
@@ -11,6 +10,7 @@ import torch
 from unipre3d_hf import PTv3ForPointCloudSegmentation, PTv3Model
 from unipre3d_hf.conversion.original import CheckpointConversionError
 from unipre3d_hf.conversion.pointcept import export_pointcept_state_dict, import_pointcept_state_dict
+from unipre3d_hf.testing_utils import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENC_CHANNELS, ENC_DEPTHS = (16, 32, 48), (1, 2, 1)
@@ -192,9 +192,7 @@ def test_bad_state_dicts_and_configs_fail_naming_the_key():
 
 
 def test_script_converts_a_sonata_release_file(tmp_path):
-    spec = importlib.util.spec_from_file_location("cc", os.path.join(REPO, "scripts", "convert_checkpoint.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("convert_checkpoint")
     sd = m2_state_dict(seed=1)
     torch.save({"config": SONATA_CONFIG, "state_dict": sd}, tmp_path / "sonata.pth")  # Sonata's released layout
     script.main(

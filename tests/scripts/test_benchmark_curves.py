@@ -5,10 +5,8 @@ failed run from the files pretrain leaves, and their Markdown table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,12 +15,10 @@ import pytest
 pytest.importorskip("pybullet")
 
 from unipre3d_hf.data import build_objects_mini  # noqa: E402
+from unipre3d_hf.testing_utils import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-benchmark = importlib.util.module_from_spec(spec)
-sys.modules["benchmark_script"] = benchmark
-spec.loader.exec_module(benchmark)
+benchmark = load_script("benchmark")
 
 TINY_POINTMLP = [
     "--model.image_encoder", "conv", "--model.image_encoder_channels", "8", "--model.lambda_lpips", "0",

@@ -5,9 +5,7 @@ positive times (no speed is asserted), and the variants the flags ask for."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +13,10 @@ import pytest
 pytest.importorskip("pybullet")
 
 from unipre3d_hf.data import build_objects_mini, build_scenes_mini  # noqa: E402
+from unipre3d_hf.testing_utils import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-benchmark = importlib.util.module_from_spec(spec)
-sys.modules["benchmark_script"] = benchmark
-spec.loader.exec_module(benchmark)
+benchmark = load_script("benchmark")
 
 QUICK = ["--device", "cpu", "--steps", "1", "--warmup", "0", "--profile-steps", "1"]
 TINY_IMAGES = ["--model.image_encoder", "conv", "--model.image_encoder_channels", "8", "--model.lambda_lpips", "0"]

@@ -3,7 +3,6 @@ data: a run, exact resume, a corrupt sample, the scene level, and two processes 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,14 +19,12 @@ from safetensors.torch import load_file
 pytest.importorskip("pybullet")
 
 from unipre3d_hf.data import build_objects_mini, build_scenes_mini, load_pretraining_dataset  # noqa: E402
+from unipre3d_hf.testing_utils import load_script  # noqa: E402
 from unipre3d_hf.training.pretrain import parse_pretrain_arguments, per_view_render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
-spec = importlib.util.spec_from_file_location("pretrain_script", SCRIPT)
-pretrain = importlib.util.module_from_spec(spec)
-sys.modules["pretrain_script"] = pretrain
-spec.loader.exec_module(pretrain)
+pretrain = load_script("pretrain")
 
 TINY_POINTMLP = (
     "--backbone.embed_dim 8 --backbone.dim_expansion [2] --backbone.reducers [2] --backbone.k_neighbors [8] "
