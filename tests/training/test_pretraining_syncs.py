@@ -11,6 +11,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from tests.models import test_pcm
 from tests.models.object_backbone_common import make_points
 from tests.models.test_pretraining import OBJECT_BACKBONES, SCENE_BACKBONES, object_batch, scene_batch, tiny_model
 from tests.training.test_host_syncs import CountSyncs
@@ -18,7 +19,7 @@ from unipre3d_hf.data.geometry import unproject_depth_to_world
 from unipre3d_hf.modeling.layers import check_point_batch
 from unipre3d_hf.modeling.pretraining import check_input_values, lift_reference_pixels
 from unipre3d_hf.ops.attention import build_patches, serialized_patch_attention
-from unipre3d_hf.ops.serialization import check_grid_range, serialize
+from unipre3d_hf.ops.serialization import AXIS_ORDERS, ORDERS, check_grid_range, serialize, serialize_pcm_legacy
 from unipre3d_hf.ops.sparse_conv import (
     SparseVoxels,
     VoxelHash,
@@ -61,6 +62,10 @@ OBJECT = {
     # grid's extent (which bounds every order of every stage: one check, not one per order), one read
     "tolist in check_point_batch": 1,
 }
+# PCM with UniPre3D's serialization (legacy_axis_orders, for its checkpoints): the codes' depth is the batch-wide
+# bit length of each stage's grid (data-dependent by design, see ops/serialization.py), one read per curve order
+# with the range check; the axis orders' parities stay on the device
+PCM_LEGACY = {**OBJECT, "tolist in serialize_pcm_legacy": 2}  # the tiny config's "hilbert" and "z-trans"
 # every object backbone's step has exactly these: FPS, kNN, the groupers, Mamba3D's and PCM's scans add none on CPU
 OBJECT_STEPS = {name: OBJECT for name in ("pointmlp", "point_transformer", "mamba3d", "pcm")}
 SCENE = {
@@ -322,6 +327,42 @@ def test_the_object_forward_holds_all_the_syncs_of_its_step(name):
     with torch.no_grad(), CountSyncs() as counter:
         model(**batch)
     assert counter.sites == OBJECT_STEPS[name]
+
+
+def test_legacy_pcm_step_syncs():
+    model = tiny_model(test_pcm.TestPCM().tiny_config(legacy_axis_orders=True))
+    assert _step_syncs(model, object_batch(batch=2, num_points=64, size=16), "object") == PCM_LEGACY
+
+
+def _old_pcm_legacy_codes(grid_coords, batch_index, order):
+    """The code before: the depth and each parity read on the host, the range checked again by ``serialize``."""
+    if order in ORDERS:
+        return serialize(grid_coords, batch_index, order, depth=max(int(grid_coords.max()).bit_length(), 1))
+    g = grid_coords[:, ["xyz".index(axis) for axis in order]]
+    maxima = g.amax(dim=0)
+    code, base = g[:, 0], maxima[0]
+    for m in (maxima[1], maxima[2]):
+        sign = 1 if int(m) % 2 == 0 else -1
+        code = (m if sign == 1 else m + 1) * base + sign * code
+        base = base * m
+    return batch_index * base + code
+
+
+def test_pcm_legacy_codes_are_the_host_reads_they_replaced():
+    gen = torch.Generator().manual_seed(5)
+    for top in (1, 2, 7, 40, 513):  # even and odd maxima, depths 1 .. 10
+        grid = torch.randint(0, top + 1, (60, 3), generator=gen)
+        grid[0] = top
+        batch = torch.randint(0, 3, (60,), generator=gen)
+        for order in AXIS_ORDERS + ORDERS:
+            with CountSyncs() as counter:
+                codes = serialize_pcm_legacy(grid, batch, order)
+            assert torch.equal(codes, _old_pcm_legacy_codes(grid, batch, order)), (top, order)
+            assert sum(counter.counts.values()) == (order in ORDERS)
+    with pytest.raises(ValueError, match=r"`grid_coords` must lie in \[0, 2\^16\), got values in \[-1, 4\]"):
+        serialize_pcm_legacy(torch.tensor([[0, 4, 2], [-1, 0, 0]]), torch.zeros(2, dtype=torch.long), "hilbert")
+    with pytest.raises(ValueError, match=r"`grid_coords` must lie in \[0, 2\^16\), got values in \[0, 65536\]"):
+        serialize_pcm_legacy(torch.tensor([[0, 65536, 2]]), torch.zeros(1, dtype=torch.long), "z")
 
 
 def test_point_checks_read_once_and_name_the_field():
