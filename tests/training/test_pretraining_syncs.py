@@ -58,9 +58,9 @@ INPUT_CHECKS = {
 OBJECT = {
     **INPUT_CHECKS,
     **RASTERIZER,
-    # the backbone's value checks (modeling/layers.py): finite points and features, and for PCM its serialization
-    # grid's extent (which bounds every order of every stage: one check, not one per order), one read
-    "tolist in check_point_batch": 1,
+    # and the backbone's (check_point_batch, modeling/layers.py), one read more: finite points and features, and
+    # for PCM its serialization grid's extent (which bounds every order of every stage: one check, not one per order)
+    "tolist in run_value_checks": 2,
 }
 # PCM with UniPre3D's serialization (legacy_axis_orders, for its checkpoints): the codes' depth is the batch-wide
 # bit length of each stage's grid (data-dependent by design, see ops/serialization.py), one read per curve order
@@ -370,7 +370,7 @@ def test_point_checks_read_once_and_name_the_field():
     features = torch.randn(2, 20, 4)
     with CountSyncs() as counter:
         check_point_batch(points, features, feature_channels=4, grid_size=0.01, grid_dtype=torch.bfloat16)
-    assert counter.sites == {"tolist in check_point_batch": 1}
+    assert counter.sites == {"tolist in run_value_checks": 1}
     nan_points, inf_features = points.clone(), features.clone()
     nan_points[1, 7, 2] = float("nan")
     inf_features[0, 3, 1] = float("inf")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import partial
 
 import torch
 from safetensors import SafetensorError
@@ -13,6 +14,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..ops.sampling import ball_query, farthest_point_sample, gather_points, knn, three_nn_interpolate
+from ..rendering.cameras import run_value_checks
 
 
 def linear_rates(stop: float, n: int) -> list[float]:
@@ -172,24 +174,26 @@ def check_point_batch(
         raise ValueError(f"`grid_size` must be positive, got {grid_size}")
     if is_tracing():
         return
-    # one read for all the value checks: the points' and the features' finiteness, and the grid's extent
-    flags = [torch.isfinite(points).all()]
+    checks = [(torch.isfinite(points).all(), partial(_raise, "`points` contains NaN or infinite values"))]
     if features is not None:
-        flags.append(torch.isfinite(features).all())
+        checks.append((torch.isfinite(features).all(), partial(_raise, "`features` contains NaN or infinite values")))
     if grid_size is not None:
         # the cells as the caller computes them (same dtype, same op), their span in float64 (exact integers)
         grid = torch.floor(points.detach().to(grid_dtype or points.dtype) / grid_size).double()
-        flags.append((grid.amax(dim=1) - grid.amin(dim=1)).amax())
-    values = torch.stack([f.to(torch.float64) for f in flags]).tolist()
-    if not values[0]:
-        raise ValueError("`points` contains NaN or infinite values")
-    if features is not None and not values[1]:
-        raise ValueError("`features` contains NaN or infinite values")
-    if grid_size is not None and values[-1] >= 1 << 16:
-        raise ValueError(
-            f"`points`: a cloud spans {values[-1] + 1:.0f} cells of grid_size={grid_size} along an axis, more than "
-            f"the {1 << 16} that serialization can encode (normalize the clouds or use a larger grid size)"
-        )
+        span = (grid.amax(dim=1) - grid.amin(dim=1)).amax()
+
+        def too_wide():
+            raise ValueError(
+                f"`points`: a cloud spans {float(span) + 1:.0f} cells of grid_size={grid_size} along an axis, more "
+                f"than the {1 << 16} that serialization can encode (normalize the clouds or use a larger grid size)"
+            )
+
+        checks.append((span < 1 << 16, too_wide))
+    run_value_checks(checks)  # one host read for all of them
+
+
+def _raise(message: str) -> None:
+    raise ValueError(message)
 
 
 def cast_point_inputs(
