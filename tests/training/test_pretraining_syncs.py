@@ -11,12 +11,15 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from tests.models import test_pcm
+from tests.models.object_backbone_common import make_points
 from tests.models.test_pretraining import OBJECT_BACKBONES, SCENE_BACKBONES, object_batch, scene_batch, tiny_model
 from tests.training.test_host_syncs import CountSyncs
 from unipre3d_hf.data.geometry import unproject_depth_to_world
+from unipre3d_hf.modeling.layers import check_point_batch
 from unipre3d_hf.modeling.pretraining import check_input_values, lift_reference_pixels
 from unipre3d_hf.ops.attention import build_patches, serialized_patch_attention
-from unipre3d_hf.ops.serialization import check_grid_range, serialize
+from unipre3d_hf.ops.serialization import AXIS_ORDERS, ORDERS, check_grid_range, serialize, serialize_pcm_legacy
 from unipre3d_hf.ops.sparse_conv import (
     SparseVoxels,
     VoxelHash,
@@ -55,9 +58,16 @@ INPUT_CHECKS = {
 OBJECT = {
     **INPUT_CHECKS,
     **RASTERIZER,
-    # the object backbones' finite check of the points (modeling/layers.py, engineer `ops`' file): not folded yet
-    "_local_scalar_dense in check_point_batch": 1,
+    # and the backbone's (check_point_batch, modeling/layers.py), one read more: finite points and features, and
+    # for PCM its serialization grid's extent (which bounds every order of every stage: one check, not one per order)
+    "tolist in run_value_checks": 2,
 }
+# PCM with UniPre3D's serialization (legacy_axis_orders, for its checkpoints): the codes' depth is the batch-wide
+# bit length of each stage's grid (data-dependent by design, see ops/serialization.py), one read per curve order
+# with the range check; the axis orders' parities stay on the device
+PCM_LEGACY = {**OBJECT, "tolist in serialize_pcm_legacy": 2}  # the tiny config's "hilbert" and "z-trans"
+# every object backbone's step has exactly these: FPS, kNN, the groupers, Mamba3D's and PCM's scans add none on CPU
+OBJECT_STEPS = {name: OBJECT for name in ("pointmlp", "point_transformer", "mamba3d", "pcm")}
 SCENE = {
     **INPUT_CHECKS,
     **RASTERIZER,
@@ -99,9 +109,11 @@ def _step_syncs(model, batch, level: str) -> collections.Counter:
     return counter.sites
 
 
-def test_object_pretraining_step_syncs():
-    model = tiny_model(OBJECT_BACKBONES["pointmlp"]())
-    assert _step_syncs(model, object_batch(batch=2, num_points=64, size=16), "object") == OBJECT
+@pytest.mark.parametrize("name", sorted(OBJECT_STEPS))
+def test_object_pretraining_step_syncs(name):
+    assert sorted(OBJECT_STEPS) == sorted(OBJECT_BACKBONES)
+    model = tiny_model(OBJECT_BACKBONES[name]())
+    assert _step_syncs(model, object_batch(batch=2, num_points=64, size=16), "object") == OBJECT_STEPS[name]
 
 
 @pytest.mark.parametrize("name, expected", [("sparse_unet", SPARSE_UNET), ("ptv3", PTV3)])
@@ -306,14 +318,110 @@ def test_patch_layout_sizes_from_the_host_counts():
     assert build_patches(torch.tensor([3, 9]), 4).padded and not build_patches(torch.tensor([4, 9]), 4).padded
 
 
-def test_the_object_forward_holds_all_the_syncs_of_its_step():
+@pytest.mark.parametrize("name", sorted(OBJECT_STEPS))
+def test_the_object_forward_holds_all_the_syncs_of_its_step(name):
     # backward, clipping and the fused optimizer step add none; the poses and intrinsics checked once in forward are
     # not checked again by Cameras (no finite / rigid / intrinsics site)
-    model = tiny_model(OBJECT_BACKBONES["pointmlp"]())
+    model = tiny_model(OBJECT_BACKBONES[name]())
     batch = object_batch(batch=1, num_points=32, size=16, targets=1)
     with torch.no_grad(), CountSyncs() as counter:
         model(**batch)
-    assert counter.sites == OBJECT
+    assert counter.sites == OBJECT_STEPS[name]
+
+
+def test_legacy_pcm_step_syncs():
+    model = tiny_model(test_pcm.TestPCM().tiny_config(legacy_axis_orders=True))
+    assert _step_syncs(model, object_batch(batch=2, num_points=64, size=16), "object") == PCM_LEGACY
+
+
+def _old_pcm_legacy_codes(grid_coords, batch_index, order):
+    """The code before: the depth and each parity read on the host, the range checked again by ``serialize``."""
+    if order in ORDERS:
+        return serialize(grid_coords, batch_index, order, depth=max(int(grid_coords.max()).bit_length(), 1))
+    g = grid_coords[:, ["xyz".index(axis) for axis in order]]
+    maxima = g.amax(dim=0)
+    code, base = g[:, 0], maxima[0]
+    for m in (maxima[1], maxima[2]):
+        sign = 1 if int(m) % 2 == 0 else -1
+        code = (m if sign == 1 else m + 1) * base + sign * code
+        base = base * m
+    return batch_index * base + code
+
+
+def test_pcm_legacy_codes_are_the_host_reads_they_replaced():
+    gen = torch.Generator().manual_seed(5)
+    for top in (1, 2, 7, 40, 513):  # even and odd maxima, depths 1 .. 10
+        grid = torch.randint(0, top + 1, (60, 3), generator=gen)
+        grid[0] = top
+        batch = torch.randint(0, 3, (60,), generator=gen)
+        for order in AXIS_ORDERS + ORDERS:
+            with CountSyncs() as counter:
+                codes = serialize_pcm_legacy(grid, batch, order)
+            assert torch.equal(codes, _old_pcm_legacy_codes(grid, batch, order)), (top, order)
+            assert sum(counter.counts.values()) == (order in ORDERS)
+    with pytest.raises(ValueError, match=r"`grid_coords` must lie in \[0, 2\^16\), got values in \[-1, 4\]"):
+        serialize_pcm_legacy(torch.tensor([[0, 4, 2], [-1, 0, 0]]), torch.zeros(2, dtype=torch.long), "hilbert")
+    with pytest.raises(ValueError, match=r"`grid_coords` must lie in \[0, 2\^16\), got values in \[0, 65536\]"):
+        serialize_pcm_legacy(torch.tensor([[0, 65536, 2]]), torch.zeros(1, dtype=torch.long), "z")
+
+
+def test_point_checks_read_once_and_name_the_field():
+    points = torch.rand(2, 20, 3, generator=torch.Generator().manual_seed(3))
+    features = torch.randn(2, 20, 4)
+    with CountSyncs() as counter:
+        check_point_batch(points, features, feature_channels=4, grid_size=0.01, grid_dtype=torch.bfloat16)
+    assert counter.sites == {"tolist in run_value_checks": 1}
+    nan_points, inf_features = points.clone(), features.clone()
+    nan_points[1, 7, 2] = float("nan")
+    inf_features[0, 3, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"`points` contains NaN or infinite values"):
+        check_point_batch(nan_points, features, feature_channels=4, grid_size=0.01)
+    with pytest.raises(ValueError, match=r"`features` contains NaN or infinite values"):
+        check_point_batch(points, inf_features, feature_channels=4)
+    with pytest.raises(ValueError, match=r"`features` must have config.feature_channels=4 channels, got 3"):
+        check_point_batch(points, features[..., :3], feature_channels=4)
+    # the extent: cells [0, 65535] fit the 16 bits of a code, 65537 cells do not; a cloud's offset does not matter
+    fits, wide = points.clone(), points.clone()
+    fits[0, :, 1] = 1000.5
+    fits[0, 1, 1] = 1000.0 + 65535.5
+    wide[1, :2, 0] = torch.tensor([-3.0, 65533.0])
+    check_point_batch(fits, None, grid_size=1.0)
+    with pytest.raises(ValueError, match=r"`points`: a cloud spans 65537 cells of grid_size=1.0 along an axis"):
+        check_point_batch(wide, None, grid_size=1.0)
+    with pytest.raises(ValueError, match=r"`grid_size` must be positive, got 0.0"):
+        check_point_batch(points, None, grid_size=0.0)
+    # PCM's forward raises it in place of the per-order range checks it no longer runs
+    model = tiny_model(OBJECT_BACKBONES["pcm"]())
+    far = make_points(1, 64)
+    far[0, 0, 2] = 1e5 * model.backbone.config.serialization_grid_size
+    with pytest.raises(ValueError, match=r"`points`: a cloud spans \d+ cells of grid_size=0.05"):
+        model.backbone(far)
+
+
+def test_pcm_orders_stay_inside_the_extent_its_forward_checked(monkeypatch):
+    # the proof that one check covers every order: each stage's xyz is a subset of its cloud, so its grid
+    # floor(p / g) - min is >= 0 and tops out at most at the whole cloud's span; and the codes are those of the
+    # checked path
+    from unipre3d_hf.modeling import pcm
+
+    calls = []
+    original = pcm.serialize
+
+    def serialize(grid_coords, batch_index, order, depth=None, check_range=True):
+        assert not check_range
+        calls.append(grid_coords.clone())
+        return original(grid_coords, batch_index, order, depth, check_range=True)
+
+    monkeypatch.setattr(pcm, "serialize", serialize)
+    model = tiny_model(OBJECT_BACKBONES["pcm"]())
+    points = make_points(2, 64, seed=4) * torch.tensor([3.0, 1.0, 0.5])
+    with torch.no_grad():
+        model.backbone(points)
+    grid = torch.floor(points / model.backbone.config.serialization_grid_size)
+    span = int((grid.amax(dim=1) - grid.amin(dim=1)).amax())
+    orders = model.backbone.config.mamba_orders
+    assert len(calls) == sum(order in ("z", "z-trans", "hilbert", "hilbert-trans") for order in orders) >= 2
+    assert all(int(g.min()) == 0 and int(g.max()) <= span for g in calls)
 
 
 @pytest.mark.parametrize("name", ["sparse_unet", "ptv3"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import partial
 
 import torch
 from safetensors import SafetensorError
@@ -13,6 +14,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..ops.sampling import ball_query, farthest_point_sample, gather_points, knn, three_nn_interpolate
+from ..rendering.cameras import run_value_checks
 
 
 def linear_rates(stop: float, n: int) -> list[float]:
@@ -139,10 +141,20 @@ def is_tracing() -> bool:
 
 
 def check_point_batch(
-    points: torch.Tensor, features: torch.Tensor | None, *, min_points: int = 1, feature_channels: int = 0
+    points: torch.Tensor,
+    features: torch.Tensor | None,
+    *,
+    min_points: int = 1,
+    feature_channels: int = 0,
+    grid_size: float | None = None,
+    grid_dtype: torch.dtype | None = None,
 ) -> None:
     """Validate the inputs of an object backbone: ``points [B, N, 3]`` finite with N >= ``min_points``, and
-    ``features [B, N, feature_channels]`` exactly when the config declares extra channels."""
+    ``features [B, N, feature_channels]`` exactly when the config declares extra channels.
+
+    With ``grid_size`` (PCM's serialization grid), also check that every cloud spans fewer than ``2^16`` cells of
+    ``floor(points.to(grid_dtype) / grid_size)`` along every axis (the 16 bits per axis of its serialization codes).
+    The value checks are one host read (skipped under torch.compile)."""
     if not isinstance(points, torch.Tensor) or points.ndim != 3 or points.shape[-1] != 3:
         shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
         raise ValueError(f"`points` must be a float tensor of shape [B, N, 3] (xyz), got {shape}")
@@ -150,19 +162,38 @@ def check_point_batch(
         raise ValueError(f"`points` must be a floating-point tensor, got dtype {points.dtype}")
     if points.shape[1] < min_points:
         raise ValueError(f"`points` has {points.shape[1]} points per sample, this model needs at least {min_points}")
-    if not is_tracing() and not torch.isfinite(points).all():
-        raise ValueError("`points` contains NaN or infinite values")
-    if features is not None:
-        if features.ndim != 3 or features.shape[:2] != points.shape[:2]:
-            raise ValueError(
-                f"`features` must have shape [B, N, C] = [{points.shape[0]}, {points.shape[1]}, C], "
-                f"got {tuple(features.shape)}"
-            )
-        if not is_tracing() and not torch.isfinite(features).all():
-            raise ValueError("`features` contains NaN or infinite values")
+    if features is not None and (features.ndim != 3 or features.shape[:2] != points.shape[:2]):
+        raise ValueError(
+            f"`features` must have shape [B, N, C] = [{points.shape[0]}, {points.shape[1]}, C], "
+            f"got {tuple(features.shape)}"
+        )
     if (features.shape[-1] if features is not None else 0) != feature_channels:
         got = None if features is None else features.shape[-1]
         raise ValueError(f"`features` must have config.feature_channels={feature_channels} channels, got {got}")
+    if grid_size is not None and not grid_size > 0:
+        raise ValueError(f"`grid_size` must be positive, got {grid_size}")
+    if is_tracing():
+        return
+    checks = [(torch.isfinite(points).all(), partial(_raise, "`points` contains NaN or infinite values"))]
+    if features is not None:
+        checks.append((torch.isfinite(features).all(), partial(_raise, "`features` contains NaN or infinite values")))
+    if grid_size is not None:
+        # the cells as the caller computes them (same dtype, same op), their span in float64 (exact integers)
+        grid = torch.floor(points.detach().to(grid_dtype or points.dtype) / grid_size).double()
+        span = (grid.amax(dim=1) - grid.amin(dim=1)).amax()
+
+        def too_wide():
+            raise ValueError(
+                f"`points`: a cloud spans {float(span) + 1:.0f} cells of grid_size={grid_size} along an axis, more "
+                f"than the {1 << 16} that serialization can encode (normalize the clouds or use a larger grid size)"
+            )
+
+        checks.append((span < 1 << 16, too_wide))
+    run_value_checks(checks)  # one host read for all of them
+
+
+def _raise(message: str) -> None:
+    raise ValueError(message)
 
 
 def cast_point_inputs(

@@ -41,12 +41,16 @@ from .pointmlp import point_inputs
 _AXES = {"x": 0, "y": 1, "z": 2}
 
 
-def serialization_order(points: torch.Tensor, order: str, grid_size: float) -> torch.LongTensor:
+def serialization_order(
+    points: torch.Tensor, order: str, grid_size: float, check_range: bool = True
+) -> torch.LongTensor:
     """Permutation ``[B, S]`` that sorts each cloud of ``points [B, S, 3]`` along ``order``.
 
     Codes are computed per cloud on the grid ``floor(p / grid_size) - min`` (so a cloud's order does not depend on its
     batch mates): "xyz"-style orders sort by the first axis, then the second, then the third; "z", "z-trans",
     "hilbert", "hilbert-trans" are the space-filling curves of ``unipre3d_hf.ops.serialization``. Stable for ties.
+    The grid is >= 0 by construction; ``check_range`` checks its top (< 2^16, one host sync) for the curves: False
+    where the caller has bounded the clouds' extent (``PCMModel.forward``, once for all its orders).
     """
     B, S, _ = points.shape
     grid = torch.floor(points.detach() / grid_size).long()
@@ -54,7 +58,7 @@ def serialization_order(points: torch.Tensor, order: str, grid_size: float) -> t
     if order in ("z", "z-trans", "hilbert", "hilbert-trans"):
         flat = grid.reshape(B * S, 3)
         batch = torch.arange(B, device=points.device).repeat_interleave(S)
-        codes = serialize(flat, batch, order).view(B, S)
+        codes = serialize(flat, batch, order, check_range=check_range).view(B, S)
     else:
         a, b, c = (grid[..., _AXES[axis]] for axis in order)
         codes = (a << 42) | (b << 21) | c
@@ -205,7 +209,9 @@ class PCMModel(PCMPreTrainedModel):
                 residual = None if residual is None else _take_flat(residual, perm)
                 current = order
             elif order != current:
-                perm = serialization_order(xyz, order, config.serialization_grid_size)
+                # in range: forward checked the input clouds' extent, and xyz is a subset of its cloud (FPS gathers,
+                # these permutations), whose floor(p / grid_size) - min spans at most what the whole cloud's spans
+                perm = serialization_order(xyz, order, config.serialization_grid_size, check_range=False)
                 xyz, x = gather_points(xyz, perm), gather_points(x, perm)
                 residual = None if residual is None else gather_points(residual, perm)
                 current = order
@@ -242,7 +248,15 @@ class PCMModel(PCMPreTrainedModel):
         config = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         return_dict = return_dict if return_dict is not None else config.return_dict
-        check_point_batch(points, features, min_points=config.min_points, feature_channels=config.feature_channels)
+        check_point_batch(
+            points,
+            features,
+            min_points=config.min_points,
+            feature_channels=config.feature_channels,
+            # the serialization grid's extent, once for every order of every stage (legacy orders check their own)
+            grid_size=None if config.legacy_axis_orders else config.serialization_grid_size,
+            grid_dtype=self._input_dtype,
+        )
         points, features = cast_point_inputs(points, features, self._input_dtype)
         x = point_inputs(points, features, config.use_height, config.height_axis)
         x = self.embedding(x.transpose(1, 2)).transpose(1, 2)  # [B, N, C]

@@ -178,8 +178,13 @@ def serialize_pcm_legacy(grid_coords: torch.Tensor, batch_index: torch.Tensor, o
     if grid_coords.ndim != 2 or grid_coords.shape[1] != 3:
         raise ValueError(f"`grid_coords` must have shape [N, 3], got {tuple(grid_coords.shape)}")
     if order in ORDERS:
-        depth = max(int(grid_coords.max()).bit_length(), 1) if grid_coords.numel() else 1
-        return serialize(grid_coords.long(), batch_index, order, depth=depth)
+        depth = 1
+        if grid_coords.numel():  # the range and the depth from one read of the extremes
+            lo, hi = torch.stack([grid_coords.amin(), grid_coords.amax()]).tolist()
+            if lo < 0 or hi >= 1 << MAX_DEPTH:
+                raise ValueError(f"`grid_coords` must lie in [0, 2^{MAX_DEPTH}), got values in [{lo}, {hi}]")
+            depth = max(int(hi).bit_length(), 1)
+        return serialize(grid_coords.long(), batch_index, order, depth=depth, check_range=False)
     if order not in AXIS_ORDERS:
         raise ValueError(f"`order` must be one of {AXIS_ORDERS + ORDERS}, got {order!r}")
     g = grid_coords.long()[:, ["xyz".index(axis) for axis in order]]
@@ -187,9 +192,8 @@ def serialize_pcm_legacy(grid_coords: torch.Tensor, batch_index: torch.Tensor, o
     maxima = g.amax(dim=0)
     code, base = a, maxima[0]
     for m in (maxima[1], maxima[2]):
-        sign = 1 if int(m) % 2 == 0 else -1
-        n = m if sign == 1 else m + 1
-        code = n * base + sign * code
+        odd = m % 2  # on the device: s(m) = 1 - 2 * odd, n(m) = m + odd (no host read of the parity)
+        code = (m + odd) * base + (1 - 2 * odd) * code
         base = base * m
     return batch_index.long() * base + code
 
