@@ -59,6 +59,15 @@ def finite_ok(value: Tensor) -> Tensor:
     return torch.isfinite(value).all()
 
 
+def _pose_value_checks(name: str, matrix: Tensor) -> tuple:
+    """The value checks of a pose batch for :func:`run_value_checks`: finite (the first bad entry named), then a
+    rigid transform (:func:`check_rigid_transforms`), both under ``name``."""
+    return (
+        (finite_ok(matrix), partial(_check_finite, name, matrix)),
+        (rigid_transforms_ok(name, matrix), partial(check_rigid_transforms, name, matrix)),
+    )
+
+
 def _as_rigid_batch(name: str, matrix, atol: float | None) -> tuple[Tensor, Tensor, float]:
     """``(matrix as a tensor, its [M, 4, 4] float64 copy, the tolerance)``; raises unless the shape is [..., 4, 4]."""
     m = torch.as_tensor(matrix)
@@ -199,16 +208,9 @@ class Cameras:
                 f"`intrinsics` is on {self.intrinsics.device} but `world_to_camera` is on {self.world_to_camera.device}"
             )
         if not _values_checked:
-            w2c = self.world_to_camera
             pose_checks = _pose_checks
             if pose_checks is None:
-                pose_checks = (
-                    (finite_ok(w2c), partial(_check_finite, "world_to_camera", w2c)),
-                    (
-                        rigid_transforms_ok("world_to_camera", w2c),
-                        partial(check_rigid_transforms, "world_to_camera", w2c),
-                    ),
-                )
+                pose_checks = _pose_value_checks("world_to_camera", self.world_to_camera)
             intrinsics_check = (
                 intrinsics_ok(self.intrinsics),
                 partial(check_intrinsics, "intrinsics", self.intrinsics),
@@ -240,16 +242,11 @@ class Cameras:
         ``check_values=False`` is for callers that have checked these values themselves (under their own names).
         """
         _check_matrix_batch("camera_to_world", camera_to_world, (4, 4))
-        pose_checks = (
-            (finite_ok(camera_to_world), partial(_check_finite, "camera_to_world", camera_to_world)),
-            (
-                rigid_transforms_ok("camera_to_world", camera_to_world),
-                partial(check_rigid_transforms, "camera_to_world", camera_to_world),
-            ),
-        )
+        # the flags are computed only when they are read (without check_values the caller has read its own)
+        pose_checks = _pose_value_checks("camera_to_world", camera_to_world) if check_values else ()
         return cls(
             _rigid_inverse(camera_to_world), intrinsics, width, height, near, far,
-            _pose_checks=pose_checks if check_values else (), _values_checked=not check_values,
+            _pose_checks=pose_checks, _values_checked=not check_values,
         )  # fmt: skip
 
     @classmethod
