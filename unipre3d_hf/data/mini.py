@@ -223,6 +223,12 @@ def _orbit_eyes(rng: np.random.Generator, views: int, elevation_deg, radius) -> 
     return eyes
 
 
+def check_supersample(supersample) -> None:
+    """``supersample`` (the object views' render scale) must be an integer >= 1."""
+    if not isinstance(supersample, int) or supersample < 1:
+        raise ValueError(f"`supersample` must be an integer >= 1, got {supersample!r}")
+
+
 def _box_filter(rgb: np.ndarray, mask: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
     """Anti-alias a view rendered at ``s`` x the output size: ``[sH, sW, 3]`` uint8 colours and ``[sH, sW]`` bool
     object mask become ``[H, W, 3]`` uint8 straight (not premultiplied) colour and ``[H, W]`` uint8 alpha. Each output
@@ -263,8 +269,7 @@ def _object_views_and_points(
     ``image_size`` (:func:`_box_filter`): anti-aliased views as Blender's renders of the paper's ShapeNet views, alpha
     the covered fraction (for JPEG the RGB is composited over black). Points come from the high-resolution depth of
     the same cameras. ``intr`` (``[4]``: fx, fy, cx, cy) stays that of ``image_size``; s = 1 is a plain render."""
-    if not isinstance(supersample, int) or supersample < 1:
-        raise ValueError(f"`supersample` must be an integer >= 1, got {supersample!r}")
+    check_supersample(supersample)
     images, c2ws, world_pts, world_rgb = [], [], [], []
     seg_ids = np.array(sorted(bodies))
     extra = [1.75 * np.array(d, dtype=np.float64) for d in np.vstack([np.eye(3), -np.eye(3)])]
@@ -341,8 +346,7 @@ def build_objects_mini(
     meshes = OBJECT_MESHES[: num_objects or len(OBJECT_MESHES)]
     if poses < 1 or views < 1 or image_size < 8 or num_points < 1 or not meshes:
         raise ValueError("need poses >= 1, views >= 1, image_size >= 8, num_points >= 1 and at least one mesh")
-    if not isinstance(supersample, int) or supersample < 1:
-        raise ValueError(f"`supersample` must be an integer >= 1, got {supersample!r}")
+    check_supersample(supersample)
     with dataset_output(out_dir, overwrite) as build_dir:
         p, cid, data_dir = _connect()
         rng = np.random.default_rng(seed)

@@ -55,6 +55,7 @@ from .mini import (
     _progress,
     _scene_frames,
     _yaw_quaternion,
+    check_supersample,
 )
 from .schemas import (
     OBJECT_FEATURES,
@@ -688,8 +689,7 @@ def build_sweethome3d(
     cls_points = num_points if cls_points is None else cls_points
     if not 1 <= cls_points <= num_points:
         raise ValueError(f"`cls_points` must be in [1, num_points = {num_points}], got {cls_points}")
-    if not isinstance(supersample, int) or supersample < 1:
-        raise ValueError(f"`supersample` must be an integer >= 1, got {supersample!r}")
+    check_supersample(supersample)
     if not 0 < test_fraction < 1 or voxel_size <= 0:
         raise ValueError(f"need 0 < test_fraction < 1 and voxel_size > 0, got {test_fraction}, {voxel_size}")
     command = (
